@@ -1,0 +1,6 @@
+//! coinfeed: a synchronous, bounded CoinAPI WebSocket ingester that writes NDJSON on stdout.
+//!
+//! The binary (`src/main.rs`) only parses the command line and maps the outcome to an exit code;
+//! everything else lives here so tests and benches drive the same code. See ARCHITECTURE.md.
+
+pub mod sim;
