@@ -1,1 +1,519 @@
-//! placeholder
+//! A built-in CoinAPI simulator: a WebSocket market-data server and a small REST server on
+//! loopback that speak the protocol of `coinapi-protocol.md` byte for byte (the `hearbeat`
+//! spelling, per-connection sequences per (type, symbol_id) from 1, exact long decimals), with
+//! faults that tests and the standalone `coinfeed sim` command inject on demand.
+//!
+//! This module owns the public surface ([`Sim`], [`SimConfig`], the fault and event types) and
+//! the state shared by the server threads. `ws` runs the WebSocket connections, `rest` the HTTP
+//! server, `gen` produces the frames, `record` keeps the observation records, `cli` the standalone
+//! flags. The simulator never uses the client's types: it writes its wire text by hand so it is an
+//! independent witness. Production code never imports it.
+//!
+//! Threads: `sim-ws` (accept) with one `sim-ws-N` per connection, `sim-rest` (accept) with one
+//! `sim-rest-N` per connection. All poll a shared stop flag at least every few tens of
+//! milliseconds, so [`Sim::shutdown`] (also run on drop) joins everything well under a second,
+//! even with stalled clients, hung upgrades or hung REST requests.
+
+pub mod cli;
+mod gen;
+mod record;
+mod rest;
+mod ws;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+pub use gen::DEFAULT_SYMBOLS;
+
+use gen::{SymbolInfo, TradeFields};
+
+/// Events kept by the log; older ones are dropped first.
+const EVENT_LOG_CAPACITY: usize = 100_000;
+
+/// Faults queued per connection (and for the next connection) before new ones are dropped.
+const FAULT_QUEUE_CAPACITY: usize = 10_000;
+
+/// Trades per symbol remembered for the REST "latest trades" overlap with the WebSocket.
+const REST_OVERLAP_TRADES: usize = 32;
+
+/// Longest fault description kept in a `FaultApplied` event (a `Text` fault can be megabytes).
+const FAULT_DESCRIPTION_MAX: usize = 200;
+
+/// Simulator settings. Every limit has its default here.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Symbol ids served (opaque strings to the client).
+    pub symbols: Vec<String>,
+    /// Data messages per second per connection over all subscribed streams; 0 = flood.
+    pub rate_per_sec: u64,
+    /// Per connection: after this many data messages, send nothing but heartbeats.
+    pub max_messages: Option<u64>,
+    /// Keep the exact text of every data frame sent (at most `record_limit`).
+    pub record_sent: bool,
+    /// Bound of the sent-frame record.
+    pub record_limit: usize,
+    /// Levels per side of `book` / `book_l3` snapshots, and the cap of `book5/20/50`.
+    pub book_levels: usize,
+    /// WebSocket listen address (loopback only).
+    pub ws_listen: SocketAddr,
+    /// REST listen address (loopback only).
+    pub rest_listen: SocketAddr,
+    /// Silence after which a `hearbeat` is sent when the hello asked for them.
+    pub heartbeat_after: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        SimConfig {
+            symbols: DEFAULT_SYMBOLS.iter().map(|s| s.to_string()).collect(),
+            rate_per_sec: 1000,
+            max_messages: None,
+            record_sent: false,
+            record_limit: 1_000_000,
+            book_levels: 20,
+            ws_listen: loopback,
+            rest_listen: loopback,
+            heartbeat_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Largest `book_levels` accepted (a `book` snapshot of 1000 levels per side is ~80 KB).
+const BOOK_LEVELS_MAX: usize = 1000;
+
+/// WebSocket faults. All but the two upgrade faults are applied by every live connection between
+/// two data batches (so in order with the data it already sent); with no connection live they
+/// wait for the next one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsFault {
+    /// The next sequenced data message skips `skip` sequence numbers on its stream.
+    Gap { skip: u64 },
+    /// Send nothing at all (no data, no heartbeat, no pong) with the socket open, until `Resume`.
+    Stall,
+    /// End a `Stall`.
+    Resume,
+    /// Drop the TCP connection without a close frame (after what was already queued).
+    AbruptClose,
+    /// Clean WebSocket close.
+    Close,
+    /// `{"type":"reconnect","within_seconds":N,"before_time":"..."}`; the connection stays up.
+    ReconnectNotice { within_seconds: u64 },
+    /// `{"type":"error","message":"..."}` then a clean close (CoinAPI errors are permanent).
+    Error { message: String },
+    /// This exact text frame.
+    Text(String),
+    /// This binary frame.
+    Binary(Vec<u8>),
+    /// One trade frame of about `bytes` bytes (valid JSON, padded with a long string field). It
+    /// is a real data message: it takes the next sequence number of its trade stream.
+    Oversized { bytes: usize },
+    /// A WebSocket Ping with this payload (truncated to 125 bytes); the Pong is logged.
+    Ping(Vec<u8>),
+    /// Resend the last trade's uuid under the next sequence number.
+    DuplicateTrade,
+    /// The next accepted upgrade is answered with this HTTP status (and
+    /// `X-WsRequestsPerIpLimit-RetryAfterMs` if given). One injection, one refusal.
+    RefuseUpgrade { status: u16, retry_after_ms: Option<u64> },
+    /// The next accepted TCP connection never gets an upgrade answer (held until shutdown).
+    HangUpgrade,
+}
+
+/// REST faults, queued first in first out; each one answers exactly one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestFault {
+    /// One response with this status, body, and `Retry-After` (seconds) if given.
+    Status { code: u16, retry_after_secs: Option<u64>, body: String },
+    /// Delay the response this long, then answer normally.
+    Slow(Duration),
+    /// Never answer (the connection is held until shutdown).
+    Hang,
+    /// 200 with a body that is not JSON.
+    Garbage,
+}
+
+/// One entry of the simulator's timestamped log.
+#[derive(Debug, Clone)]
+pub struct SimEvent {
+    pub at: Instant,
+    /// Connection number (WebSocket and REST connections share one counter, from 1).
+    pub conn: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// Upgrade accepted; headers with lower-case names.
+    WsConnected {
+        path: String,
+        headers: Vec<(String, String)>,
+    },
+    /// Exact text of a hello, subscribe or unsubscribe message.
+    Hello {
+        text: String,
+    },
+    /// Any other message the client sent (binary messages as lossy UTF-8).
+    ClientText {
+        text: String,
+    },
+    Pong {
+        payload: Vec<u8>,
+    },
+    /// Why the simulator's side of a WebSocket ended.
+    WsClosed {
+        reason: String,
+    },
+    FaultApplied {
+        fault: String,
+    },
+    UpgradeRefused {
+        status: u16,
+    },
+    /// A REST request: path includes the query, headers have lower-case names. Status 0 means
+    /// no response was sent (a `Hang` fault).
+    RestRequest {
+        method: String,
+        path: String,
+        headers: Vec<(String, String)>,
+        status: u16,
+    },
+}
+
+/// Fault routing: live connections each get a copy; with none live, faults wait for the next.
+#[derive(Debug, Default)]
+pub(crate) struct FaultHub {
+    live: Vec<(u64, Arc<Mutex<VecDeque<WsFault>>>)>,
+    waiting: VecDeque<WsFault>,
+    /// Upgrade faults, taken by the accept loop one per accepted connection.
+    accept: VecDeque<WsFault>,
+}
+
+fn push_bounded<T>(queue: &mut VecDeque<T>, item: T) {
+    if queue.len() < FAULT_QUEUE_CAPACITY {
+        queue.push_back(item);
+    } else {
+        log::warn!("sim fault queue full ({FAULT_QUEUE_CAPACITY}): fault dropped");
+    }
+}
+
+impl FaultHub {
+    fn inject(&mut self, fault: WsFault) {
+        match fault {
+            WsFault::RefuseUpgrade { .. } | WsFault::HangUpgrade => push_bounded(&mut self.accept, fault),
+            _ if self.live.is_empty() => push_bounded(&mut self.waiting, fault),
+            _ => {
+                for (_, queue) in &self.live {
+                    push_bounded(&mut queue.lock(), fault.clone());
+                }
+            }
+        }
+    }
+
+    /// A connection goes live: it inherits the faults that were waiting for one.
+    pub(crate) fn register(&mut self, conn: u64) -> Arc<Mutex<VecDeque<WsFault>>> {
+        let queue = Arc::new(Mutex::new(self.waiting.drain(..).collect()));
+        self.live.push((conn, Arc::clone(&queue)));
+        queue
+    }
+
+    pub(crate) fn deregister(&mut self, conn: u64) {
+        self.live.retain(|(id, _)| *id != conn);
+    }
+
+    pub(crate) fn take_accept_fault(&mut self) -> Option<WsFault> {
+        self.accept.pop_front()
+    }
+}
+
+/// A short, bounded description of a fault for the event log.
+pub(crate) fn describe<T: fmt::Debug>(fault: &T) -> String {
+    let mut s = format!("{fault:?}");
+    if s.len() > FAULT_DESCRIPTION_MAX {
+        let mut cut = FAULT_DESCRIPTION_MAX;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// A trade sent on the WebSocket, as REST repeats it: lower-case uuid and the same fields.
+pub(crate) type RecentTrade = (String, Arc<TradeFields>);
+
+/// State shared by every simulator thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: SimConfig,
+    pub(crate) symbols: Vec<Arc<SymbolInfo>>,
+    stop: AtomicBool,
+    pub(crate) events: record::EventLog,
+    pub(crate) sent: record::SentLog,
+    pub(crate) data_sent: AtomicU64,
+    pub(crate) faults: Mutex<FaultHub>,
+    pub(crate) rest_faults: Mutex<VecDeque<RestFault>>,
+    /// Per symbol id: the last WebSocket trades, oldest first.
+    recent_trades: Mutex<HashMap<String, VecDeque<RecentTrade>>>,
+    next_conn: AtomicU64,
+    /// REST credits left in the simulated daily budget (may go negative, as on CoinAPI).
+    pub(crate) credits_remaining: AtomicI64,
+}
+
+impl Shared {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn log(&self, conn: u64, kind: EventKind) {
+        self.events.push(SimEvent { at: Instant::now(), conn, kind });
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn symbol(&self, id: &str) -> Option<&Arc<SymbolInfo>> {
+        self.symbols.iter().find(|s| s.id == id)
+    }
+
+    /// Records WebSocket trades (oldest first, upper-case uuids) for the REST overlap.
+    pub(crate) fn publish_trades(&self, symbol_id: &str, trades: Vec<(String, Arc<TradeFields>)>) {
+        let mut all = self.recent_trades.lock();
+        let list = all.entry(symbol_id.to_string()).or_default();
+        for (uuid, fields) in trades {
+            if list.len() == REST_OVERLAP_TRADES {
+                list.pop_front();
+            }
+            list.push_back((uuid.to_ascii_lowercase(), fields));
+        }
+    }
+
+    /// The last WebSocket trades of a symbol, newest first.
+    pub(crate) fn recent_trades(&self, symbol_id: &str) -> Vec<RecentTrade> {
+        self.recent_trades.lock().get(symbol_id).map(|l| l.iter().rev().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// A running simulator. Dropping it shuts it down.
+pub struct Sim {
+    shared: Arc<Shared>,
+    ws_addr: SocketAddr,
+    rest_addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Sim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sim")
+            .field("ws_addr", &self.ws_addr)
+            .field("rest_addr", &self.rest_addr)
+            .field("data_sent", &self.data_sent())
+            .field("threads", &self.threads.len())
+            .finish()
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// The simulator is a test tool: it must never be reachable from another machine.
+fn check_loopback(what: &str, addr: SocketAddr) -> io::Result<()> {
+    if addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "sim {what} address {addr} is not loopback: the simulator only listens on 127.0.0.1 or ::1"
+        )))
+    }
+}
+
+fn bind(what: &str, addr: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("sim cannot bind {what} on {addr}: {e}")))?;
+    // Accept loops poll so they notice shutdown without a wake-up connection.
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+impl Sim {
+    /// Binds both listeners and starts the server threads.
+    pub fn start(config: SimConfig) -> io::Result<Sim> {
+        check_loopback("websocket listen", config.ws_listen)?;
+        check_loopback("rest listen", config.rest_listen)?;
+        if config.symbols.is_empty() {
+            return Err(invalid("sim needs at least one symbol".to_string()));
+        }
+        if config.symbols.iter().any(|s| s.is_empty()) {
+            return Err(invalid("sim symbol ids must not be empty".to_string()));
+        }
+        if config.book_levels == 0 || config.book_levels > BOOK_LEVELS_MAX {
+            return Err(invalid(format!("sim book_levels {} is outside 1..={BOOK_LEVELS_MAX}", config.book_levels)));
+        }
+        if config.heartbeat_after.is_zero() {
+            return Err(invalid("sim heartbeat_after must be positive".to_string()));
+        }
+        let (ws_listener, ws_addr) = bind("websocket", config.ws_listen)?;
+        let (rest_listener, rest_addr) = bind("rest", config.rest_listen)?;
+        let mut symbols: Vec<Arc<SymbolInfo>> = Vec::new();
+        for id in &config.symbols {
+            if !symbols.iter().any(|s| &s.id == id) {
+                symbols.push(Arc::new(SymbolInfo::new(id)));
+            }
+        }
+        let shared = Arc::new(Shared {
+            sent: record::SentLog::new(if config.record_sent { config.record_limit } else { 0 }),
+            config,
+            symbols,
+            stop: AtomicBool::new(false),
+            events: record::EventLog::new(EVENT_LOG_CAPACITY),
+            data_sent: AtomicU64::new(0),
+            faults: Mutex::new(FaultHub::default()),
+            rest_faults: Mutex::new(VecDeque::new()),
+            recent_trades: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            credits_remaining: AtomicI64::new(rest::CREDITS_PER_DAY),
+        });
+        let mut sim = Sim { shared: Arc::clone(&shared), ws_addr, rest_addr, threads: Vec::new() };
+        let ws_shared = Arc::clone(&shared);
+        sim.threads.push(
+            std::thread::Builder::new()
+                .name("sim-ws".to_string())
+                .spawn(move || ws::accept_loop(ws_listener, ws_shared))?,
+        );
+        // On failure `sim` drops here, which stops and joins the WebSocket thread.
+        sim.threads.push(
+            std::thread::Builder::new()
+                .name("sim-rest".to_string())
+                .spawn(move || rest::accept_loop(rest_listener, shared))?,
+        );
+        Ok(sim)
+    }
+
+    /// `ws://127.0.0.1:PORT/v1/`
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/", self.ws_addr)
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn rest_url(&self) -> String {
+        format!("http://{}", self.rest_addr)
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    pub fn rest_addr(&self) -> SocketAddr {
+        self.rest_addr
+    }
+
+    /// Applied by every live connection in order with its data stream; with no connection live,
+    /// by the next one. Upgrade faults apply to the next accepted connection.
+    pub fn inject(&self, fault: WsFault) {
+        self.shared.faults.lock().inject(fault);
+    }
+
+    /// Queued first in first out; each fault answers one REST request.
+    pub fn rest_fault(&self, fault: RestFault) {
+        push_bounded(&mut self.shared.rest_faults.lock(), fault);
+    }
+
+    /// A copy of the event log.
+    pub fn events(&self) -> Vec<SimEvent> {
+        self.shared.events.snapshot()
+    }
+
+    /// Waits until `pred` holds on the event log (re-checked on every new event) or `timeout`
+    /// passes; returns whether it held.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[SimEvent]) -> bool) -> bool {
+        self.shared.events.wait_for(timeout, pred)
+    }
+
+    /// Exact text of the data frames sent (when `record_sent`), in send order across connections.
+    pub fn sent_frames(&self) -> Vec<String> {
+        self.shared.sent.snapshot()
+    }
+
+    /// Data frames handed to the kernel so far, all connections.
+    pub fn data_sent(&self) -> u64 {
+        self.shared.data_sent.load(Ordering::Relaxed)
+    }
+
+    /// Stops and joins every thread. Returns within a few tens of milliseconds.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for handle in self.threads.drain(..) {
+            if handle.join().is_err() {
+                log::error!("sim thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Joins finished connection threads so the handle list stays bounded.
+pub(crate) fn reap(handles: &mut Vec<JoinHandle<()>>) {
+    let mut i = 0;
+    while i < handles.len() {
+        if handles[i].is_finished() {
+            if handles.swap_remove(i).join().is_err() {
+                log::error!("sim connection thread panicked");
+            }
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Joins every connection thread (they watch the same stop flag).
+pub(crate) fn join_all(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        if h.join().is_err() {
+            log::error!("sim connection thread panicked");
+        }
+    }
+}
+
+/// Holds a connection without answering until the peer leaves or the simulator stops (the hang
+/// faults); returns which. The socket must have a read timeout so the stop flag is seen.
+pub(crate) fn hold(shared: &Shared, mut tcp: std::net::TcpStream) -> &'static str {
+    use std::io::Read;
+    let mut sink = [0u8; 4096];
+    while !shared.stopping() {
+        match tcp.read(&mut sink) {
+            Ok(0) => return "peer closed",
+            // Whatever the peer sends is ignored: nothing is ever answered.
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return "peer reset",
+        }
+    }
+    "shutdown"
+}

@@ -1,0 +1,1483 @@
+//! Market-data generation for the simulator: symbol reference data, exact decimal and timestamp
+//! formatting, and one generator per stream that produces CoinAPI frames as [`Template`]s with
+//! holes for the sequence number (and the trade uuid tail), so the flood path only splices digits.
+//!
+//! Everything here is pure: wall time comes in as an argument (or a `fn` clock), randomness from a
+//! seeded `fastrand::Rng`; no IO, no threads. The WebSocket connection loop (`ws.rs`) decides what
+//! to emit and when; the REST server (`rest.rs`) reuses the field formatting for its bodies. Wire
+//! text is written by hand with `push_str`, never by serializing client types, so the simulator
+//! stays an independent witness of the protocol.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+/// The symbols served when the caller names none: one per venue style the client must handle
+/// (spot with USD, USDT and EUR quotes, a perpetual).
+pub const DEFAULT_SYMBOLS: [&str; 5] = [
+    "BITSTAMP_SPOT_BTC_USD",
+    "COINBASE_SPOT_ETH_USD",
+    "BINANCE_SPOT_SOL_USDT",
+    "KRAKEN_SPOT_XRP_EUR",
+    "BINANCEFTS_PERP_BTC_USDT",
+];
+
+/// Templates pre-generated per stream in flood mode. Large enough that splicing dominates the
+/// cost, small enough that a ring (rebuilt at most once a second) keeps timestamps fresh.
+pub(crate) const FLOOD_RING_LEN: usize = 128;
+
+/// A flood ring older than this is rebuilt at its next wrap so timestamps stay within a second.
+const RING_MAX_AGE: time::Duration = time::Duration::seconds(1);
+
+/// Trades remembered per stream for `DuplicateTrade` and for the REST "latest trades" overlap.
+pub(crate) const RECENT_TRADES_PER_STREAM: usize = 8;
+
+/// Significant digits of the "long exact decimal" style: more than f64 can carry (~17), as many
+/// as CoinAPI sends (~28).
+const LONG_DIGITS: u32 = 28;
+
+/// Wall clock used by generators; a plain `fn` so tests can pin time.
+pub(crate) type Clock = fn() -> OffsetDateTime;
+
+/// CoinAPI WebSocket data types the simulator generates. `asset`, `exchange` and `symbol` are
+/// accepted in a hello but produce no data (metadata feeds are out of scope).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum DataType {
+    Trade,
+    Quote,
+    Book,
+    Book5,
+    Book20,
+    Book50,
+    BookL3,
+    Ohlcv,
+    Exrate,
+}
+
+impl DataType {
+    pub(crate) fn parse(name: &str) -> Option<DataType> {
+        Some(match name {
+            "trade" => DataType::Trade,
+            "quote" => DataType::Quote,
+            "book" => DataType::Book,
+            "book5" => DataType::Book5,
+            "book20" => DataType::Book20,
+            "book50" => DataType::Book50,
+            "book_l3" => DataType::BookL3,
+            "ohlcv" => DataType::Ohlcv,
+            "exrate" => DataType::Exrate,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            DataType::Trade => "trade",
+            DataType::Quote => "quote",
+            DataType::Book => "book",
+            DataType::Book5 => "book5",
+            DataType::Book20 => "book20",
+            DataType::Book50 => "book50",
+            DataType::BookL3 => "book_l3",
+            DataType::Ohlcv => "ohlcv",
+            DataType::Exrate => "exrate",
+        }
+    }
+
+    /// `exrate` is the only type without `symbol_id` and `sequence`.
+    pub(crate) fn is_sequenced(self) -> bool {
+        self != DataType::Exrate
+    }
+
+    /// Types whose stream opens with a snapshot and continues with deltas.
+    fn is_incremental(self) -> bool {
+        matches!(self, DataType::Book | DataType::BookL3)
+    }
+
+    /// Levels per side of a snapshot: `book5/20/50` are capped by their N and by the configured
+    /// depth; `book` and `book_l3` use the configured depth.
+    pub(crate) fn depth(self, book_levels: usize) -> usize {
+        let cap = match self {
+            DataType::Book5 => 5,
+            DataType::Book20 => 20,
+            DataType::Book50 => 50,
+            _ => usize::MAX,
+        };
+        book_levels.min(cap).max(1)
+    }
+}
+
+/// Reference data for one served symbol. The simulator may split symbol ids (it owns them); the
+/// client must not.
+#[derive(Debug, Clone)]
+pub(crate) struct SymbolInfo {
+    pub(crate) id: String,
+    /// The id as a JSON string literal (quoted and escaped once, spliced many times).
+    id_json: String,
+    pub(crate) base: Option<String>,
+    pub(crate) quote: Option<String>,
+    /// Prices are integers in units of 10^-price_scale.
+    price_scale: u32,
+    ref_price: u64,
+}
+
+impl SymbolInfo {
+    pub(crate) fn new(id: &str) -> SymbolInfo {
+        let parts: Vec<&str> = id.split('_').collect();
+        let (base, quote) =
+            if parts.len() >= 4 { (Some(parts[2].to_string()), Some(parts[3].to_string())) } else { (None, None) };
+        let perp = parts.get(1).is_some_and(|k| *k == "PERP");
+        // Realistic magnitudes matter: they decide how many digits prices and sizes carry.
+        let (price, scale): (f64, u32) = match base.as_deref() {
+            Some("BTC") if perp => (64_000.0, 1),
+            Some("BTC") => (64_000.0, 2),
+            Some("ETH") => (3_400.0, 2),
+            Some("SOL") => (150.0, 3),
+            Some("XRP") => (0.52, 5),
+            Some("DOGE") => (0.12, 6),
+            _ => {
+                let h = fnv1a(id.as_bytes());
+                (1.0 + (h % 1000) as f64, 4)
+            }
+        };
+        SymbolInfo {
+            id: id.to_string(),
+            id_json: json_string(id),
+            base,
+            quote,
+            price_scale: scale,
+            ref_price: (price * 10f64.powi(scale as i32)) as u64,
+        }
+    }
+}
+
+/// Writes `s` as a JSON string literal.
+pub(crate) fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Appends a CoinAPI timestamp: `2017-03-18T22:42:21.3763342Z` (UTC, 7 fractional digits).
+pub(crate) fn push_time(out: &mut String, t: OffsetDateTime) {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond() / 100
+    );
+}
+
+pub(crate) fn time_string(t: OffsetDateTime) -> String {
+    let mut s = String::with_capacity(28);
+    push_time(&mut s, t);
+    s
+}
+
+/// How a number is spelled. Every style is an exact decimal; a client that goes through f64
+/// corrupts `Long`, and one that re-formats numbers changes `Padded` and `Exp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NumStyle {
+    /// All `scale` fractional digits: `0.00210000`.
+    Plain,
+    /// Trailing zeros removed: `0.0021`, `3`.
+    Trimmed,
+    /// Extra trailing zeros: `770.000000000`.
+    Padded(u32),
+    /// Extra random digits up to ~28 significant digits: `0.0189885151556305438646080756`.
+    Long,
+    /// Exponent form: `1e-8`, `21E-4`.
+    Exp,
+}
+
+fn pow10(n: u32) -> u128 {
+    10u128.pow(n)
+}
+
+fn digit_count(m: u128) -> u32 {
+    if m == 0 {
+        1
+    } else {
+        m.ilog10() + 1
+    }
+}
+
+/// Appends `m / 10^scale` exactly, with all `scale` fractional digits.
+fn push_scaled(out: &mut String, m: u128, scale: u32) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(m);
+    let scale = scale as usize;
+    if scale == 0 {
+        out.push_str(digits);
+    } else if digits.len() > scale {
+        let (int, frac) = digits.split_at(digits.len() - scale);
+        out.push_str(int);
+        out.push('.');
+        out.push_str(frac);
+    } else {
+        out.push_str("0.");
+        for _ in 0..scale - digits.len() {
+            out.push('0');
+        }
+        out.push_str(digits);
+    }
+}
+
+fn strip_zeros(mut m: u128, mut scale: u32) -> (u128, u32) {
+    while scale > 0 && m != 0 && m % 10 == 0 {
+        m /= 10;
+        scale -= 1;
+    }
+    (m, scale)
+}
+
+/// Appends the exact value `m / 10^scale` spelled in `style`. `extra` feeds the random digits of
+/// `Long` (callers pass a hash when the spelling must be stable, e.g. book level prices).
+pub(crate) fn push_number(out: &mut String, m: u128, scale: u32, style: NumStyle, extra: u128) {
+    match style {
+        NumStyle::Plain => push_scaled(out, m, scale),
+        NumStyle::Trimmed => {
+            let (m, s) = strip_zeros(m, scale);
+            push_scaled(out, m, s);
+        }
+        NumStyle::Padded(k) => {
+            let k = k.min(38 - digit_count(m).min(38)).min(12);
+            push_scaled(out, m * pow10(k), scale + k);
+        }
+        NumStyle::Long => {
+            if m == 0 {
+                out.push('0');
+                return;
+            }
+            let k = LONG_DIGITS.saturating_sub(digit_count(m)).clamp(1, 27);
+            push_scaled(out, m * pow10(k) + extra % pow10(k), scale + k);
+        }
+        NumStyle::Exp => {
+            let (m, s) = strip_zeros(m, scale);
+            let mut buf = itoa::Buffer::new();
+            out.push_str(buf.format(m));
+            // Both exponent letters are legal JSON; mixing them catches hand-rolled parsers.
+            out.push_str(if m % 2 == 0 { "E-" } else { "e-" });
+            out.push_str(buf.format(s));
+        }
+    }
+}
+
+/// Random spelling for trade and quote prices.
+fn price_style(rng: &mut fastrand::Rng) -> NumStyle {
+    match rng.u8(0..100) {
+        0..=79 => NumStyle::Plain,
+        80..=87 => NumStyle::Padded(rng.u32(3..=9)),
+        88..=97 => NumStyle::Long,
+        _ => NumStyle::Exp,
+    }
+}
+
+/// Random spelling for sizes and volumes.
+fn size_style(rng: &mut fastrand::Rng) -> NumStyle {
+    match rng.u8(0..100) {
+        0..=59 => NumStyle::Trimmed,
+        60..=74 => NumStyle::Plain,
+        75..=84 => NumStyle::Padded(rng.u32(1..=9)),
+        85..=94 => NumStyle::Long,
+        _ => NumStyle::Exp,
+    }
+}
+
+/// Sizes are integers in units of 1e-8.
+const SIZE_SCALE: u32 = 8;
+
+fn random_size(rng: &mut fastrand::Rng) -> u64 {
+    match rng.u8(0..100) {
+        // The smallest unit: spelled `1e-8` in the exponent style.
+        0..=1 => 1,
+        2..=59 => rng.u64(1..=100_000) * 100,
+        60..=89 => rng.u64(1..=5_000_000) * 10,
+        _ => rng.u64(1..=1_000) * 10_000_000,
+    }
+}
+
+fn push_size(out: &mut String, size: u64, rng: &mut fastrand::Rng) {
+    let style = size_style(rng);
+    let extra = rng.u128(..);
+    push_number(out, u128::from(size), SIZE_SCALE, style, extra);
+}
+
+fn push_price(out: &mut String, sym: &SymbolInfo, price: u64, rng: &mut fastrand::Rng) {
+    let style = price_style(rng);
+    let extra = rng.u128(..);
+    push_number(out, u128::from(price), sym.price_scale, style, extra);
+}
+
+/// Book prices are keys: the same level must be spelled the same way every time, so the style
+/// is a function of the price. `Long` only appends digits below one price unit, so distinct
+/// levels stay distinct and ordered.
+fn push_level_price(out: &mut String, sym: &SymbolInfo, price: u64) {
+    let h = fnv1a(&price.to_le_bytes());
+    let style = match h % 16 {
+        0 => NumStyle::Long,
+        1 => NumStyle::Padded(3 + (h >> 8) as u32 % 6),
+        _ => NumStyle::Plain,
+    };
+    push_number(out, u128::from(price), sym.price_scale, style, u128::from(h));
+}
+
+/// One random walk step of at most a few price units, never reaching zero.
+fn walk(mid: u64, rng: &mut fastrand::Rng) -> u64 {
+    let step = rng.u64(0..=4);
+    if rng.bool() {
+        mid.saturating_add(step)
+    } else {
+        mid.saturating_sub(step).max(50)
+    }
+}
+
+const TAKER_SIDES: [&str; 5] = ["BUY", "SELL", "BUY_ESTIMATED", "SELL_ESTIMATED", "UNKNOWN"];
+
+fn taker_side(rng: &mut fastrand::Rng) -> &'static str {
+    match rng.u8(0..100) {
+        0..=44 => TAKER_SIDES[0],
+        45..=89 => TAKER_SIDES[1],
+        90..=94 => TAKER_SIDES[2],
+        95..=97 => TAKER_SIDES[3],
+        _ => TAKER_SIDES[4],
+    }
+}
+
+/// The fields of one trade besides identity, already spelled. Shared by the WebSocket frame,
+/// `DuplicateTrade`, and REST answers that must repeat WebSocket trades.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TradeFields {
+    pub(crate) time_exchange: String,
+    pub(crate) time_coinapi: String,
+    pub(crate) price: String,
+    pub(crate) size: String,
+    pub(crate) taker_side: &'static str,
+}
+
+/// Exchange time is a little earlier than CoinAPI's receive time, as in the real feed.
+fn times(now: OffsetDateTime, rng: &mut fastrand::Rng) -> (String, String) {
+    let lag = time::Duration::microseconds(rng.i64(50..50_000));
+    (time_string(now - lag), time_string(now))
+}
+
+pub(crate) fn fresh_trade(sym: &SymbolInfo, mid: u64, now: OffsetDateTime, rng: &mut fastrand::Rng) -> TradeFields {
+    let (time_exchange, time_coinapi) = times(now, rng);
+    let price_units = walk(mid, rng);
+    let mut price = String::new();
+    push_price(&mut price, sym, price_units, rng);
+    let mut size = String::new();
+    // `size: 0` is a price marker on some venues; the client must not treat it as volume.
+    if rng.u16(0..1000) == 0 {
+        size.push('0');
+    } else {
+        push_size(&mut size, random_size(rng), rng);
+    }
+    TradeFields { time_exchange, time_coinapi, price, size, taker_side: taker_side(rng) }
+}
+
+/// REST trade object (lower-case uuid, no sequence), as in `/v1/trades/{id}/latest`.
+pub(crate) fn push_rest_trade(out: &mut String, sym: &SymbolInfo, uuid: &str, t: &TradeFields) {
+    out.push_str("{\"symbol_id\":");
+    out.push_str(&sym.id_json);
+    push_trade_tail(out, uuid, t);
+}
+
+/// `last_trade` inside REST `quotes/current` (no symbol id).
+fn push_last_trade(out: &mut String, uuid: &str, t: &TradeFields) {
+    out.push('{');
+    push_trade_tail(out, uuid, t);
+}
+
+fn push_trade_tail(out: &mut String, uuid: &str, t: &TradeFields) {
+    if !out.ends_with('{') {
+        out.push(',');
+    }
+    out.push_str("\"time_exchange\":\"");
+    out.push_str(&t.time_exchange);
+    out.push_str("\",\"time_coinapi\":\"");
+    out.push_str(&t.time_coinapi);
+    out.push_str("\",\"uuid\":\"");
+    out.push_str(uuid);
+    out.push_str("\",\"price\":");
+    out.push_str(&t.price);
+    out.push_str(",\"size\":");
+    out.push_str(&t.size);
+    out.push_str(",\"taker_side\":\"");
+    out.push_str(t.taker_side);
+    out.push_str("\"}");
+}
+
+/// A random upper-case uuid (v4 layout). Used whole on REST and as the fixed head of a stream's
+/// WebSocket uuids.
+pub(crate) fn random_uuid(rng: &mut fastrand::Rng) -> String {
+    let mut s = String::with_capacity(36);
+    push_hex(&mut s, rng.u64(..) >> 32, 8);
+    s.push('-');
+    push_hex(&mut s, rng.u64(..) >> 48, 4);
+    s.push('-');
+    push_hex(&mut s, 0x4000 | (rng.u64(..) >> 52), 4);
+    s.push('-');
+    push_hex(&mut s, 0x8000 | (rng.u64(..) >> 50), 4);
+    s.push('-');
+    push_hex(&mut s, rng.u64(..) >> 16, 12);
+    s
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn push_hex(out: &mut String, v: u64, width: u32) {
+    for i in (0..width).rev() {
+        out.push(char::from(HEX_UPPER[((v >> (i * 4)) & 0xF) as usize]));
+    }
+}
+
+/// Width of the uuid tail spliced from the sequence number.
+const UUID_TAIL_LEN: usize = 12;
+
+fn uuid_tail(v: u64) -> [u8; UUID_TAIL_LEN] {
+    let mut b = [0u8; UUID_TAIL_LEN];
+    for (i, slot) in b.iter_mut().enumerate() {
+        let shift = (UUID_TAIL_LEN - 1 - i) * 4;
+        *slot = HEX_UPPER[((v >> shift) & 0xF) as usize];
+    }
+    b
+}
+
+/// The full upper-case WebSocket uuid of a stream's trade: fixed head plus a tail from the
+/// sequence number it was first sent with (unique per stream and connection).
+pub(crate) fn ws_uuid(head: &str, tail_seq: u64) -> String {
+    let mut s = String::with_capacity(36);
+    s.push_str(head);
+    for b in uuid_tail(tail_seq) {
+        s.push(char::from(b));
+    }
+    s
+}
+
+/// One message payload with its holes removed: the sequence digits go at `seq_at`, the 12 hex
+/// digits of the uuid tail at `uuid_at`. Splicing is all the flood path does per message.
+#[derive(Debug, Clone)]
+pub(crate) struct Template {
+    text: String,
+    seq_at: Option<usize>,
+    uuid_at: Option<usize>,
+    trade: Option<Arc<TradeFields>>,
+}
+
+/// Appends an unmasked, unfragmented server frame header (RFC 6455 §5.2).
+pub(crate) fn push_frame_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if len <= usize::from(u16::MAX) {
+        out.push(126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+pub(crate) const OPCODE_TEXT: u8 = 0x1;
+pub(crate) const OPCODE_BINARY: u8 = 0x2;
+pub(crate) const OPCODE_PING: u8 = 0x9;
+
+/// Appends one complete text frame.
+pub(crate) fn push_text_frame(out: &mut Vec<u8>, text: &str) {
+    push_frame_header(out, OPCODE_TEXT, text.len());
+    out.extend_from_slice(text.as_bytes());
+}
+
+impl Template {
+    /// Appends the frame for this template with `seq` and `tail` spliced in; returns the offset of
+    /// the payload in `out` (so the caller can record the exact text).
+    pub(crate) fn write_frame(&self, out: &mut Vec<u8>, seq: u64, tail: u64) -> usize {
+        let mut seq_buf = itoa::Buffer::new();
+        let seq_digits = seq_buf.format(seq).as_bytes();
+        let mut len = self.text.len();
+        if self.seq_at.is_some() {
+            len += seq_digits.len();
+        }
+        if self.uuid_at.is_some() {
+            len += UUID_TAIL_LEN;
+        }
+        push_frame_header(out, OPCODE_TEXT, len);
+        let start = out.len();
+        let text = self.text.as_bytes();
+        let mut from = 0;
+        if let Some(at) = self.seq_at {
+            out.extend_from_slice(&text[from..at]);
+            out.extend_from_slice(seq_digits);
+            from = at;
+        }
+        if let Some(at) = self.uuid_at {
+            out.extend_from_slice(&text[from..at]);
+            out.extend_from_slice(&uuid_tail(tail));
+            from = at;
+        }
+        out.extend_from_slice(&text[from..]);
+        start
+    }
+}
+
+#[derive(Debug, Default)]
+struct TemplateBuilder {
+    text: String,
+    seq_at: Option<usize>,
+    uuid_at: Option<usize>,
+}
+
+impl TemplateBuilder {
+    /// `{"type":"T","symbol_id":"S","sequence":<hole>`
+    fn envelope(sym: &SymbolInfo, kind: DataType) -> TemplateBuilder {
+        let mut b = TemplateBuilder::default();
+        b.text.reserve(256);
+        b.text.push_str("{\"type\":\"");
+        b.text.push_str(kind.name());
+        b.text.push_str("\",\"symbol_id\":");
+        b.text.push_str(&sym.id_json);
+        b.text.push_str(",\"sequence\":");
+        b.seq_at = Some(b.text.len());
+        b
+    }
+
+    fn times(&mut self, now: OffsetDateTime, rng: &mut fastrand::Rng) {
+        let (exchange, coinapi) = times(now, rng);
+        self.text.push_str(",\"time_exchange\":\"");
+        self.text.push_str(&exchange);
+        self.text.push_str("\",\"time_coinapi\":\"");
+        self.text.push_str(&coinapi);
+        self.text.push('"');
+    }
+
+    fn finish(self, trade: Option<Arc<TradeFields>>) -> Template {
+        Template { text: self.text, seq_at: self.seq_at, uuid_at: self.uuid_at, trade }
+    }
+}
+
+/// A trade template: the uuid hole follows `uuid_head`. `padding` adds a long string field
+/// (the `Oversized` fault).
+fn trade_template(sym: &SymbolInfo, uuid_head: &str, t: Arc<TradeFields>, padding: usize) -> Template {
+    let mut b = TemplateBuilder::envelope(sym, DataType::Trade);
+    b.text.push_str(",\"time_exchange\":\"");
+    b.text.push_str(&t.time_exchange);
+    b.text.push_str("\",\"time_coinapi\":\"");
+    b.text.push_str(&t.time_coinapi);
+    b.text.push_str("\",\"uuid\":\"");
+    b.text.push_str(uuid_head);
+    b.uuid_at = Some(b.text.len());
+    b.text.push_str("\",\"price\":");
+    b.text.push_str(&t.price);
+    b.text.push_str(",\"size\":");
+    b.text.push_str(&t.size);
+    b.text.push_str(",\"taker_side\":\"");
+    b.text.push_str(t.taker_side);
+    b.text.push('"');
+    if padding > 0 {
+        b.text.push_str(",\"padding\":\"");
+        b.text.extend(std::iter::repeat_n('x', padding));
+        b.text.push('"');
+    }
+    b.text.push('}');
+    b.finish(Some(t))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Level {
+    price: u64,
+    size: u64,
+}
+
+/// Level-2 book state: asks ascending, bids descending (best first on both sides).
+#[derive(Debug, Default, Clone)]
+struct Book {
+    asks: Vec<Level>,
+    bids: Vec<Level>,
+}
+
+impl Book {
+    fn seed(mid: u64, depth: usize, rng: &mut fastrand::Rng) -> Book {
+        let spacing = 1 + mid / 20_000;
+        let level = |i: u64, rng: &mut fastrand::Rng| (spacing * (i + 1), random_size(rng));
+        let mut book = Book::default();
+        for i in 0..depth as u64 {
+            let (off, size) = level(i, rng);
+            book.asks.push(Level { price: mid + off, size });
+            let (off, size) = level(i, rng);
+            book.bids.push(Level { price: mid.saturating_sub(off).max(1), size });
+        }
+        book.bids.dedup_by_key(|l| l.price);
+        book
+    }
+
+    /// Applies 1–3 random changes and returns them per side, best first. A removed level is
+    /// reported with size 0 and replaced beyond the worst level so the depth stays constant.
+    fn random_delta(&mut self, rng: &mut fastrand::Rng) -> (Vec<Level>, Vec<Level>) {
+        let mut asks = Vec::new();
+        let mut bids = Vec::new();
+        for _ in 0..rng.usize(1..=3) {
+            let is_ask = rng.bool();
+            let (side, changes) = if is_ask { (&mut self.asks, &mut asks) } else { (&mut self.bids, &mut bids) };
+            if side.len() < 2 {
+                continue;
+            }
+            let i = rng.usize(0..side.len());
+            if rng.u8(0..100) < 80 {
+                side[i].size = random_size(rng);
+                changes.push(side[i]);
+            } else {
+                let removed = side.remove(i);
+                changes.push(Level { price: removed.price, size: 0 });
+                // A new level beyond the worst one (the removed level may have been the
+                // worst) keeps the depth constant.
+                let last = side[side.len() - 1].price;
+                let worst = if is_ask { last.max(removed.price) } else { last.min(removed.price) };
+                let step = rng.u64(1..=3);
+                let price = if is_ask { worst + step } else { worst.saturating_sub(step) };
+                if price > 0 {
+                    let added = Level { price, size: random_size(rng) };
+                    side.push(added);
+                    changes.push(added);
+                }
+            }
+        }
+        for (changes, ascending) in [(&mut asks, true), (&mut bids, false)] {
+            // One entry per price (the last change wins), best first.
+            let mut dedup: Vec<Level> = Vec::with_capacity(changes.len());
+            for l in changes.drain(..).rev() {
+                if !dedup.iter().any(|d| d.price == l.price) {
+                    dedup.push(l);
+                }
+            }
+            dedup.sort_by_key(|l| l.price);
+            if !ascending {
+                dedup.reverse();
+            }
+            *changes = dedup;
+        }
+        (asks, bids)
+    }
+}
+
+fn push_levels(out: &mut String, sym: &SymbolInfo, levels: &[Level], rng: &mut fastrand::Rng) {
+    out.push('[');
+    for (i, l) in levels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"price\":");
+        push_level_price(out, sym, l.price);
+        out.push_str(",\"size\":");
+        if l.size == 0 {
+            out.push('0');
+        } else {
+            push_size(out, l.size, rng);
+        }
+        out.push('}');
+    }
+    out.push(']');
+}
+
+#[derive(Debug, Clone)]
+struct Order {
+    id: u64,
+    price: u64,
+    size: u64,
+}
+
+/// Level-3 book state: one list of orders per side, best first.
+#[derive(Debug, Default)]
+struct L3Book {
+    asks: Vec<Order>,
+    bids: Vec<Order>,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct L3Change {
+    order: Order,
+    update_type: &'static str,
+}
+
+impl L3Book {
+    fn seed(mid: u64, depth: usize, rng: &mut fastrand::Rng) -> L3Book {
+        let book = Book::seed(mid, depth, rng);
+        let mut l3 = L3Book { next_id: rng.u64(1 << 40..1 << 44), ..L3Book::default() };
+        for l in book.asks {
+            let id = l3.new_id();
+            l3.asks.push(Order { id, price: l.price, size: l.size });
+        }
+        for l in book.bids {
+            let id = l3.new_id();
+            l3.bids.push(Order { id, price: l.price, size: l.size });
+        }
+        l3
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn random_delta(&mut self, rng: &mut fastrand::Rng) -> (Vec<L3Change>, Vec<L3Change>) {
+        let mut asks = Vec::new();
+        let mut bids = Vec::new();
+        let is_ask = rng.bool();
+        let new_id = self.new_id();
+        let (side, changes) = if is_ask { (&mut self.asks, &mut asks) } else { (&mut self.bids, &mut bids) };
+        if side.is_empty() {
+            return (asks, bids);
+        }
+        let i = rng.usize(0..side.len());
+        match rng.u8(0..100) {
+            0..=39 => {
+                side[i].size = random_size(rng);
+                changes.push(L3Change { order: side[i].clone(), update_type: "UPDATE" });
+            }
+            40..=59 => {
+                side[i].size = (side[i].size / 2).max(1);
+                changes.push(L3Change { order: side[i].clone(), update_type: "SUBTRACT" });
+            }
+            60..=69 => {
+                side[0].size = (side[0].size / 3).max(1);
+                changes.push(L3Change { order: side[0].clone(), update_type: "MATCH" });
+            }
+            _ => {
+                // A cancel and a new order at the same price keep the depth constant.
+                let old = side.remove(i);
+                changes.push(L3Change { order: Order { size: 0, ..old }, update_type: "DELETE" });
+                let added = Order { id: new_id, price: old.price, size: random_size(rng) };
+                side.insert(i, added.clone());
+                changes.push(L3Change { order: added, update_type: "ADD" });
+            }
+        }
+        (asks, bids)
+    }
+}
+
+fn push_l3(out: &mut String, sym: &SymbolInfo, entries: &[L3Change], rng: &mut fastrand::Rng) {
+    out.push('[');
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{{\"id\":\"{:016x}\",\"price\":", e.order.id);
+        push_level_price(out, sym, e.order.price);
+        out.push_str(",\"size\":");
+        if e.order.size == 0 {
+            out.push('0');
+        } else {
+            push_size(out, e.order.size, rng);
+        }
+        out.push_str(",\"update_type\":\"");
+        out.push_str(e.update_type);
+        out.push_str("\"}");
+    }
+    out.push(']');
+}
+
+/// Length in seconds of a CoinAPI period id (`1SEC`, `5MIN`, `1HRS`, `1DAY`, ...).
+pub(crate) fn period_seconds(period_id: &str) -> Option<i64> {
+    let split = period_id.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = period_id.split_at(split);
+    let n: i64 = n.parse().ok().filter(|n| *n > 0 && *n <= 1000)?;
+    let unit_secs = match unit {
+        "SEC" => 1,
+        "MIN" => 60,
+        "HRS" => 3600,
+        "DAY" => 86_400,
+        "MTH" => 30 * 86_400,
+        "YRS" => 365 * 86_400,
+        _ => return None,
+    };
+    Some(n * unit_secs)
+}
+
+/// One OHLCV bar being built.
+#[derive(Debug, Clone)]
+pub(crate) struct Bar {
+    start: i64,
+    open: u64,
+    high: u64,
+    low: u64,
+    close: u64,
+    volume: u64,
+    trades: u64,
+}
+
+impl Bar {
+    fn new(start: i64, price: u64) -> Bar {
+        Bar { start, open: price, high: price, low: price, close: price, volume: 0, trades: 0 }
+    }
+
+    fn trade(&mut self, price: u64, size: u64) {
+        self.high = self.high.max(price);
+        self.low = self.low.min(price);
+        self.close = price;
+        self.volume += size;
+        self.trades += 1;
+    }
+}
+
+/// Appends the OHLCV fields shared by the WebSocket message and the REST array element, starting
+/// with `"time_period_start"` (no leading comma).
+fn push_bar(
+    out: &mut String,
+    sym: &SymbolInfo,
+    bar: &Bar,
+    period_secs: i64,
+    close_time: OffsetDateTime,
+    rng: &mut fastrand::Rng,
+) {
+    let start = OffsetDateTime::from_unix_timestamp(bar.start).unwrap_or(close_time);
+    let end = start + time::Duration::seconds(period_secs);
+    let open_time = start + time::Duration::milliseconds(rng.i64(0..=period_secs.min(60) * 10));
+    let close_time = close_time.clamp(open_time, end);
+    out.push_str("\"time_period_start\":\"");
+    push_time(out, start);
+    out.push_str("\",\"time_period_end\":\"");
+    push_time(out, end);
+    out.push_str("\",\"time_open\":\"");
+    push_time(out, open_time);
+    out.push_str("\",\"time_close\":\"");
+    push_time(out, close_time);
+    out.push_str("\",\"price_open\":");
+    push_price(out, sym, bar.open, rng);
+    out.push_str(",\"price_high\":");
+    push_price(out, sym, bar.high, rng);
+    out.push_str(",\"price_low\":");
+    push_price(out, sym, bar.low, rng);
+    out.push_str(",\"price_close\":");
+    push_price(out, sym, bar.close, rng);
+    out.push_str(",\"volume_traded\":");
+    push_size(out, bar.volume.max(1), rng);
+    let _ = write!(out, ",\"trades_count\":{}", bar.trades.max(1));
+}
+
+/// Kind-specific generator state.
+#[derive(Debug)]
+enum State {
+    Trade,
+    Quote,
+    Book(Book),
+    L3(L3Book),
+    Ohlcv { period_id: String, period_secs: i64, bar: Option<Bar> },
+    Exrate,
+}
+
+/// Everything needed to produce one stream's messages on one connection: sequence counter,
+/// market state, the template ring and the last few trades.
+#[derive(Debug)]
+pub(crate) struct StreamGen {
+    pub(crate) kind: DataType,
+    sym: Arc<SymbolInfo>,
+    /// Next sequence number to send (CoinAPI starts at 1 per connection).
+    next_seq: u64,
+    uuid_head: String,
+    rng: fastrand::Rng,
+    mid: u64,
+    depth: usize,
+    state: State,
+    /// Flood mode replays a ring of templates; paced mode builds every message fresh.
+    ring_mode: bool,
+    ring: Vec<Template>,
+    ring_pos: usize,
+    ring_built: Option<OffsetDateTime>,
+    /// The next message must be a snapshot (stream start or resubscription).
+    snapshot_due: bool,
+    /// (uuid tail, fields) of the last trades sent on this stream, oldest first.
+    recent: VecDeque<(u64, Arc<TradeFields>)>,
+    /// Highest uuid tail already handed to the REST overlap.
+    published_upto: u64,
+}
+
+/// What `emit` put into the buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Emitted {
+    /// Offset of the payload (the exact text) in the output buffer.
+    pub(crate) start: usize,
+    /// Whether a sequence number was consumed (so a pending gap was applied).
+    pub(crate) sequenced: bool,
+}
+
+impl StreamGen {
+    /// `period_id` only matters for `ohlcv`; `ring_mode` selects flood replay.
+    pub(crate) fn new(
+        kind: DataType,
+        sym: Arc<SymbolInfo>,
+        book_levels: usize,
+        period_id: &str,
+        ring_mode: bool,
+        mut rng: fastrand::Rng,
+    ) -> StreamGen {
+        let depth = kind.depth(book_levels);
+        let mid = walk(sym.ref_price, &mut rng);
+        let state = match kind {
+            DataType::Trade => State::Trade,
+            DataType::Quote => State::Quote,
+            DataType::Book | DataType::Book5 | DataType::Book20 | DataType::Book50 => {
+                State::Book(Book::seed(mid, depth, &mut rng))
+            }
+            DataType::BookL3 => State::L3(L3Book::seed(mid, depth, &mut rng)),
+            DataType::Ohlcv => State::Ohlcv {
+                period_id: period_id.to_string(),
+                period_secs: period_seconds(period_id).unwrap_or(60),
+                bar: None,
+            },
+            DataType::Exrate => State::Exrate,
+        };
+        let mut uuid_head = random_uuid(&mut rng);
+        uuid_head.truncate(36 - UUID_TAIL_LEN);
+        StreamGen {
+            kind,
+            sym,
+            next_seq: 1,
+            uuid_head,
+            rng,
+            mid,
+            depth,
+            state,
+            ring_mode,
+            ring: Vec::new(),
+            ring_pos: 0,
+            ring_built: None,
+            snapshot_due: true,
+            recent: VecDeque::with_capacity(RECENT_TRADES_PER_STREAM),
+            published_upto: 0,
+        }
+    }
+
+    pub(crate) fn symbol(&self) -> &Arc<SymbolInfo> {
+        &self.sym
+    }
+
+    /// The next message of an incremental stream is a fresh snapshot (resubscription).
+    pub(crate) fn request_snapshot(&mut self) {
+        if self.kind.is_incremental() {
+            self.snapshot_due = true;
+        }
+    }
+
+    fn take_seq(&mut self, gap: u64) -> u64 {
+        let seq = self.next_seq.saturating_add(gap);
+        self.next_seq = seq.saturating_add(1);
+        seq
+    }
+
+    /// Appends the next data frame of this stream to `out`. `gap` sequence numbers are skipped
+    /// first (only if this stream is sequenced; see `Emitted::sequenced`).
+    pub(crate) fn emit(&mut self, out: &mut Vec<u8>, gap: u64, clock: Clock) -> Emitted {
+        if self.ring_pos >= self.ring.len() || (self.snapshot_due && self.ring_mode) {
+            self.refill(clock);
+        }
+        let sequenced = self.kind.is_sequenced();
+        let seq = if sequenced { self.take_seq(gap) } else { 0 };
+        let t = &self.ring[self.ring_pos];
+        self.ring_pos += 1;
+        let start = t.write_frame(out, seq, seq);
+        if let Some(fields) = &t.trade {
+            if self.recent.len() == RECENT_TRADES_PER_STREAM {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((seq, Arc::clone(fields)));
+        }
+        Emitted { start, sequenced }
+    }
+
+    /// Makes `ring[ring_pos]` valid: replays the ring when it is fresh, else builds a new one.
+    fn refill(&mut self, clock: Clock) {
+        if self.ring_mode {
+            let now = clock();
+            let fresh = self.ring_built.is_some_and(|b| now - b < RING_MAX_AGE);
+            // Replay restarts at the ring's opening snapshot, which also serves a resubscription.
+            if fresh && !self.ring.is_empty() {
+                self.ring_pos = 0;
+                self.snapshot_due = false;
+                return;
+            }
+            self.ring.clear();
+            // Every ring opens with a snapshot so that replaying it is a consistent book.
+            self.snapshot_due = true;
+            for _ in 0..FLOOD_RING_LEN {
+                let t = self.build(now);
+                self.ring.push(t);
+            }
+            self.ring_built = Some(now);
+        } else {
+            let t = self.build(clock());
+            self.ring.clear();
+            self.ring.push(t);
+        }
+        self.ring_pos = 0;
+    }
+
+    /// Builds one message template from the current state, advancing it.
+    fn build(&mut self, now: OffsetDateTime) -> Template {
+        self.mid = walk(self.mid, &mut self.rng);
+        let snapshot = std::mem::take(&mut self.snapshot_due);
+        let sym = Arc::clone(&self.sym);
+        let rng = &mut self.rng;
+        match &mut self.state {
+            State::Trade => {
+                let fields = Arc::new(fresh_trade(&sym, self.mid, now, rng));
+                trade_template(&sym, &self.uuid_head, fields, 0)
+            }
+            State::Quote => {
+                let mut b = TemplateBuilder::envelope(&sym, self.kind);
+                b.times(now, rng);
+                let spread = rng.u64(1..=3);
+                b.text.push_str(",\"ask_price\":");
+                push_price(&mut b.text, &sym, self.mid + spread, rng);
+                b.text.push_str(",\"ask_size\":");
+                push_size(&mut b.text, random_size(rng), rng);
+                b.text.push_str(",\"bid_price\":");
+                push_price(&mut b.text, &sym, self.mid.saturating_sub(spread), rng);
+                b.text.push_str(",\"bid_size\":");
+                push_size(&mut b.text, random_size(rng), rng);
+                b.text.push('}');
+                b.finish(None)
+            }
+            State::Book(book) => {
+                let full = snapshot || self.kind != DataType::Book;
+                let (asks, bids) = if full {
+                    if self.kind != DataType::Book {
+                        // Top-N feeds still move between snapshots.
+                        book.random_delta(rng);
+                    }
+                    (book.asks.clone(), book.bids.clone())
+                } else {
+                    book.random_delta(rng)
+                };
+                let mut b = TemplateBuilder::envelope(&sym, self.kind);
+                b.times(now, rng);
+                b.text.push_str(if full {
+                    ",\"is_snapshot\":true,\"asks\":"
+                } else {
+                    ",\"is_snapshot\":false,\"asks\":"
+                });
+                push_levels(&mut b.text, &sym, &asks[..asks.len().min(self.depth)], rng);
+                b.text.push_str(",\"bids\":");
+                push_levels(&mut b.text, &sym, &bids[..bids.len().min(self.depth)], rng);
+                b.text.push('}');
+                b.finish(None)
+            }
+            State::L3(l3) => {
+                let (asks, bids) = if snapshot {
+                    let as_adds = |orders: &[Order]| {
+                        orders.iter().map(|o| L3Change { order: o.clone(), update_type: "ADD" }).collect::<Vec<_>>()
+                    };
+                    (as_adds(&l3.asks), as_adds(&l3.bids))
+                } else {
+                    l3.random_delta(rng)
+                };
+                let mut b = TemplateBuilder::envelope(&sym, self.kind);
+                b.times(now, rng);
+                b.text.push_str(if snapshot {
+                    ",\"is_snapshot\":true,\"asks\":"
+                } else {
+                    ",\"is_snapshot\":false,\"asks\":"
+                });
+                push_l3(&mut b.text, &sym, &asks, rng);
+                b.text.push_str(",\"bids\":");
+                push_l3(&mut b.text, &sym, &bids, rng);
+                b.text.push('}');
+                b.finish(None)
+            }
+            State::Ohlcv { period_id, period_secs, bar } => {
+                let ts = now.unix_timestamp();
+                let start = ts - ts.rem_euclid(*period_secs);
+                let bar = match bar {
+                    Some(b) if b.start == start => b,
+                    slot => slot.insert(Bar::new(start, self.mid)),
+                };
+                bar.trade(self.mid, random_size(rng));
+                let mut b = TemplateBuilder::envelope(&sym, self.kind);
+                b.text.push_str(",\"period_id\":");
+                b.text.push_str(&json_string(period_id));
+                b.text.push(',');
+                push_bar(&mut b.text, &sym, bar, *period_secs, now, rng);
+                b.text.push('}');
+                b.finish(None)
+            }
+            State::Exrate => {
+                let mut b = TemplateBuilder::default();
+                b.text.push_str("{\"type\":\"exrate\",\"asset_id_base\":");
+                b.text.push_str(&json_string(sym.base.as_deref().unwrap_or("BTC")));
+                b.text.push_str(",\"asset_id_quote\":");
+                b.text.push_str(&json_string(sym.quote.as_deref().unwrap_or("USD")));
+                b.text.push_str(",\"rate_type\":\"BASE_ALL_CROSSES_TO_REF\",\"time\":\"");
+                push_time(&mut b.text, now);
+                b.text.push_str("\",\"rate\":");
+                // Exchange rates are computed values: usually long decimals.
+                let style = if rng.u8(0..4) == 0 { NumStyle::Plain } else { NumStyle::Long };
+                let extra = rng.u128(..);
+                push_number(&mut b.text, u128::from(self.mid), sym.price_scale, style, extra);
+                b.text.push('}');
+                b.finish(None)
+            }
+        }
+    }
+
+    /// Resends the last trade with the same uuid and the next sequence number (exchanges do
+    /// this). Returns `None` if this stream has sent no trade yet.
+    pub(crate) fn duplicate_last_trade(&mut self, out: &mut Vec<u8>, gap: u64) -> Option<Emitted> {
+        let (tail, fields) = self.recent.back().cloned()?;
+        let t = trade_template(&self.sym, &self.uuid_head, fields, 0);
+        let seq = self.take_seq(gap);
+        let start = t.write_frame(out, seq, tail);
+        Some(Emitted { start, sequenced: true })
+    }
+
+    /// A real trade of this stream (next sequence) padded with a long string field so the frame
+    /// is about `bytes` long. Only meaningful on a trade stream.
+    pub(crate) fn oversized_trade(
+        &mut self,
+        out: &mut Vec<u8>,
+        gap: u64,
+        bytes: usize,
+        now: OffsetDateTime,
+    ) -> Emitted {
+        let fields = Arc::new(fresh_trade(&self.sym, self.mid, now, &mut self.rng));
+        let plain = trade_template(&self.sym, &self.uuid_head, Arc::clone(&fields), 0);
+        let overhead = plain.text.len() + 20 + UUID_TAIL_LEN + ",\"padding\":\"\"".len();
+        let t = trade_template(&self.sym, &self.uuid_head, Arc::clone(&fields), bytes.saturating_sub(overhead).max(1));
+        let seq = self.take_seq(gap);
+        let start = t.write_frame(out, seq, seq);
+        if self.recent.len() == RECENT_TRADES_PER_STREAM {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, fields));
+        Emitted { start, sequenced: true }
+    }
+
+    /// Trades sent since the last call, oldest first, as (upper-case uuid, fields).
+    pub(crate) fn take_unpublished_trades(&mut self) -> Vec<(String, Arc<TradeFields>)> {
+        let from = self.published_upto;
+        let fresh: Vec<_> = self
+            .recent
+            .iter()
+            .filter(|(tail, _)| *tail > from)
+            .map(|(tail, f)| (ws_uuid(&self.uuid_head, *tail), Arc::clone(f)))
+            .collect();
+        if let Some((tail, _)) = self.recent.back() {
+            self.published_upto = self.published_upto.max(*tail);
+        }
+        fresh
+    }
+
+    pub(crate) fn has_unpublished_trades(&self) -> bool {
+        self.recent.back().is_some_and(|(tail, _)| *tail > self.published_upto)
+    }
+}
+
+/// REST `quotes/current` body.
+pub(crate) fn rest_quote(
+    sym: &SymbolInfo,
+    last: Option<(&str, &TradeFields)>,
+    now: OffsetDateTime,
+    rng: &mut fastrand::Rng,
+) -> String {
+    let mid = walk(sym.ref_price, rng);
+    let mut out = String::with_capacity(512);
+    out.push_str("{\"symbol_id\":");
+    out.push_str(&sym.id_json);
+    let (exchange, coinapi) = times(now, rng);
+    let _ = write!(out, ",\"time_exchange\":\"{exchange}\",\"time_coinapi\":\"{coinapi}\",\"ask_price\":");
+    push_price(&mut out, sym, mid + 1, rng);
+    out.push_str(",\"ask_size\":");
+    push_size(&mut out, random_size(rng), rng);
+    out.push_str(",\"bid_price\":");
+    push_price(&mut out, sym, mid.saturating_sub(1), rng);
+    out.push_str(",\"bid_size\":");
+    push_size(&mut out, random_size(rng), rng);
+    out.push_str(",\"last_trade\":");
+    match last {
+        Some((uuid, t)) => push_last_trade(&mut out, uuid, t),
+        None => {
+            let t = fresh_trade(sym, mid, now, rng);
+            let uuid = random_uuid(rng).to_ascii_lowercase();
+            push_last_trade(&mut out, &uuid, &t);
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// REST `orderbooks/current` body with `levels` per side.
+pub(crate) fn rest_orderbook(sym: &SymbolInfo, levels: usize, now: OffsetDateTime, rng: &mut fastrand::Rng) -> String {
+    let mid = walk(sym.ref_price, rng);
+    let book = Book::seed(mid, levels, rng);
+    let mut out = String::with_capacity(128 + levels * 80);
+    out.push_str("{\"symbol_id\":");
+    out.push_str(&sym.id_json);
+    let (exchange, coinapi) = times(now, rng);
+    let _ = write!(out, ",\"time_exchange\":\"{exchange}\",\"time_coinapi\":\"{coinapi}\",\"asks\":");
+    push_levels(&mut out, sym, &book.asks, rng);
+    out.push_str(",\"bids\":");
+    push_levels(&mut out, sym, &book.bids, rng);
+    out.push('}');
+    out
+}
+
+/// REST `ohlcv/latest` body: `limit` bars of `period_secs`, newest (the open one) first.
+pub(crate) fn rest_ohlcv(
+    sym: &SymbolInfo,
+    period_secs: i64,
+    limit: usize,
+    now: OffsetDateTime,
+    rng: &mut fastrand::Rng,
+) -> String {
+    let ts = now.unix_timestamp();
+    let current = ts - ts.rem_euclid(period_secs);
+    let mut out = String::with_capacity(limit * 400 + 2);
+    out.push('[');
+    let mut price = walk(sym.ref_price, rng);
+    for i in 0..limit as i64 {
+        if i > 0 {
+            out.push(',');
+        }
+        let start = current - i * period_secs;
+        let mut bar = Bar::new(start, price);
+        for _ in 0..rng.u8(1..=5) {
+            price = walk(price, rng);
+            bar.trade(price, random_size(rng));
+        }
+        let close =
+            if i == 0 { now } else { OffsetDateTime::from_unix_timestamp(start + period_secs - 1).unwrap_or(now) };
+        out.push('{');
+        push_bar(&mut out, sym, &bar, period_secs, close, rng);
+        out.push('}');
+    }
+    out.push(']');
+    out
+}
+
+/// REST trades that were never sent on the WebSocket (newer than anything recorded), newest
+/// first, with lower-case uuids.
+pub(crate) fn rest_new_trades(
+    sym: &SymbolInfo,
+    n: usize,
+    now: OffsetDateTime,
+    rng: &mut fastrand::Rng,
+) -> Vec<(String, TradeFields)> {
+    (0..n)
+        .map(|i| {
+            let at = now - time::Duration::milliseconds(i as i64 * 7);
+            let t = fresh_trade(sym, sym.ref_price, at, rng);
+            (random_uuid(rng).to_ascii_lowercase(), t)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixed_now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(1_795_848_266_123_456_789).expect("valid fixed timestamp")
+    }
+
+    fn num(m: u128, scale: u32, style: NumStyle, extra: u128) -> String {
+        let mut s = String::new();
+        push_number(&mut s, m, scale, style, extra);
+        s
+    }
+
+    /// Every number style spells the intended exact value.
+    #[test]
+    fn number_styles_are_exact() {
+        assert_eq!(num(210_000, 8, NumStyle::Plain, 0), "0.00210000");
+        assert_eq!(num(210_000, 8, NumStyle::Trimmed, 0), "0.0021");
+        assert_eq!(num(300_000_000, 8, NumStyle::Trimmed, 0), "3");
+        assert_eq!(num(770, 0, NumStyle::Padded(9), 0), "770.000000000");
+        assert_eq!(num(1, 8, NumStyle::Exp, 0), "1e-8");
+        assert_eq!(num(210_000, 8, NumStyle::Exp, 0), "21e-4");
+        assert_eq!(num(6_412_345, 2, NumStyle::Plain, 0), "64123.45");
+        let long = num(18_988, 6, NumStyle::Long, 515_563_054_386_460_807_560_000);
+        assert!(long.starts_with("0.018988"), "{long}");
+        let significant = long.trim_start_matches(['0', '.']);
+        assert_eq!(significant.len(), 28, "{long}");
+        assert_eq!(num(0, 8, NumStyle::Long, 5), "0");
+    }
+
+    /// Timestamps have CoinAPI's shape: UTC, 7 fractional digits.
+    #[test]
+    fn timestamps_have_seven_digits() {
+        assert_eq!(time_string(fixed_now()), "2026-11-28T06:44:26.1234567Z");
+    }
+
+    fn parse(frame: &[u8]) -> serde_json::Value {
+        // Skip the 2–10 byte frame header the generator wrote.
+        let off = match frame[1] {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        serde_json::from_slice(&frame[off..]).expect("generated frame is JSON")
+    }
+
+    /// Trades carry the CoinAPI fields in order, sequences start at 1, uuids are unique and
+    /// upper case, and a duplicate repeats the uuid under the next sequence.
+    #[test]
+    fn trade_stream_fields_sequence_and_duplicate() {
+        let sym = Arc::new(SymbolInfo::new("BITSTAMP_SPOT_BTC_USD"));
+        let mut g = StreamGen::new(DataType::Trade, sym, 20, "1MIN", true, fastrand::Rng::with_seed(7));
+        let mut uuids = std::collections::HashSet::new();
+        for expect_seq in 1..=300u64 {
+            let mut out = Vec::new();
+            let e = g.emit(&mut out, 0, fixed_now);
+            assert!(e.sequenced);
+            let text = std::str::from_utf8(&out[e.start..]).expect("utf-8");
+            let mut keys: Vec<&str> = text.split("\":").filter_map(|s| s.rsplit('"').next()).collect();
+            keys.pop();
+            assert_eq!(
+                keys,
+                [
+                    "type",
+                    "symbol_id",
+                    "sequence",
+                    "time_exchange",
+                    "time_coinapi",
+                    "uuid",
+                    "price",
+                    "size",
+                    "taker_side"
+                ]
+            );
+            let v = parse(&out);
+            assert_eq!(v["sequence"].as_u64(), Some(expect_seq));
+            let uuid = v["uuid"].as_str().expect("uuid").to_string();
+            assert_eq!(uuid, uuid.to_ascii_uppercase());
+            assert_eq!(uuid.len(), 36);
+            assert!(uuids.insert(uuid), "uuid repeated");
+        }
+        let mut out = Vec::new();
+        let e = g.duplicate_last_trade(&mut out, 0).expect("a trade was sent");
+        let v: serde_json::Value = serde_json::from_slice(&out[e.start..]).expect("json");
+        assert_eq!(v["sequence"].as_u64(), Some(301));
+        assert!(uuids.contains(v["uuid"].as_str().expect("uuid")));
+    }
+
+    /// A `book` stream opens with a snapshot, continues with deltas, and a resubscription
+    /// brings a new snapshot; `book5` is always a full snapshot of at most 5 levels.
+    #[test]
+    fn books_snapshot_then_deltas() {
+        for ring_mode in [false, true] {
+            let sym = Arc::new(SymbolInfo::new("COINBASE_SPOT_ETH_USD"));
+            let mut g =
+                StreamGen::new(DataType::Book, Arc::clone(&sym), 10, "1MIN", ring_mode, fastrand::Rng::with_seed(3));
+            let mut snaps = Vec::new();
+            for i in 0..20 {
+                if i == 10 {
+                    g.request_snapshot();
+                }
+                let mut out = Vec::new();
+                g.emit(&mut out, 0, fixed_now);
+                let v = parse(&out);
+                snaps.push(v["is_snapshot"].as_bool().expect("is_snapshot"));
+                if i == 0 {
+                    assert_eq!(v["asks"].as_array().map(Vec::len), Some(10));
+                }
+            }
+            assert!(snaps[0] && snaps[10], "{snaps:?}");
+            assert_eq!(snaps.iter().filter(|s| **s).count(), 2, "{snaps:?}");
+
+            let mut g5 = StreamGen::new(DataType::Book5, sym, 20, "1MIN", ring_mode, fastrand::Rng::with_seed(4));
+            for _ in 0..5 {
+                let mut out = Vec::new();
+                g5.emit(&mut out, 0, fixed_now);
+                let v = parse(&out);
+                assert_eq!(v["is_snapshot"], serde_json::Value::Bool(true));
+                assert!(v["bids"].as_array().map(Vec::len).unwrap_or(0) <= 5);
+            }
+        }
+    }
+
+    /// Over a few thousand trades every spelling a client must preserve shows up: long exact
+    /// decimals (beyond f64), padded trailing zeros, and exponent forms.
+    #[test]
+    fn trades_use_every_number_spelling() {
+        let sym = Arc::new(SymbolInfo::new("BINANCE_SPOT_SOL_USDT"));
+        let mut g = StreamGen::new(DataType::Trade, sym, 20, "1MIN", false, fastrand::Rng::with_seed(11));
+        let (mut long, mut padded, mut exp) = (false, false, false);
+        for _ in 0..3000 {
+            let mut out = Vec::new();
+            let e = g.emit(&mut out, 0, fixed_now);
+            let text = std::str::from_utf8(&out[e.start..]).expect("utf-8");
+            for field in ["\"price\":", "\"size\":"] {
+                let Some(at) = text.find(field) else { continue };
+                let value: String = text[at + field.len()..].chars().take_while(|c| *c != ',' && *c != '}').collect();
+                let digits = value.trim_start_matches(['0', '.']).replace('.', "");
+                long |= digits.len() >= 20 && !value.contains(['e', 'E']);
+                padded |= value.ends_with("000") && value.contains('.');
+                exp |= value.contains(['e', 'E']);
+            }
+        }
+        assert!(long && padded && exp, "long {long} padded {padded} exp {exp}");
+    }
+
+    /// exrate carries no sequence and ignores gaps; ohlcv uses the requested period.
+    #[test]
+    fn exrate_and_ohlcv_shapes() {
+        let sym = Arc::new(SymbolInfo::new("KRAKEN_SPOT_XRP_EUR"));
+        let mut g = StreamGen::new(DataType::Exrate, Arc::clone(&sym), 20, "1MIN", false, fastrand::Rng::with_seed(1));
+        let mut out = Vec::new();
+        let e = g.emit(&mut out, 5, fixed_now);
+        assert!(!e.sequenced);
+        let v = parse(&out);
+        assert_eq!(v["asset_id_base"], "XRP");
+        assert_eq!(v["asset_id_quote"], "EUR");
+        assert!(v.get("sequence").is_none() && v.get("symbol_id").is_none());
+
+        let mut g = StreamGen::new(DataType::Ohlcv, sym, 20, "5SEC", false, fastrand::Rng::with_seed(1));
+        let mut out = Vec::new();
+        g.emit(&mut out, 2, fixed_now);
+        let v = parse(&out);
+        assert_eq!(v["period_id"], "5SEC");
+        assert_eq!(v["sequence"].as_u64(), Some(3));
+        assert_eq!(v["time_period_start"], "2026-11-28T06:44:25.0000000Z");
+        assert_eq!(v["time_period_end"], "2026-11-28T06:44:30.0000000Z");
+    }
+
+    /// Frame headers use the 7-bit, 16-bit and 64-bit length forms at their boundaries.
+    #[test]
+    fn frame_header_lengths() {
+        for (len, header) in [
+            (125usize, vec![0x81, 125]),
+            (126, vec![0x81, 126, 0, 126]),
+            (65_535, vec![0x81, 126, 0xFF, 0xFF]),
+            (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let mut out = Vec::new();
+            push_frame_header(&mut out, OPCODE_TEXT, len);
+            assert_eq!(out, header, "len {len}");
+        }
+    }
+
+    #[test]
+    fn period_ids() {
+        assert_eq!(period_seconds("1SEC"), Some(1));
+        assert_eq!(period_seconds("5MIN"), Some(300));
+        assert_eq!(period_seconds("1HRS"), Some(3600));
+        assert_eq!(period_seconds("1DAY"), Some(86_400));
+        assert_eq!(period_seconds("MIN"), None);
+        assert_eq!(period_seconds("0MIN"), None);
+        assert_eq!(period_seconds("1WEEK"), None);
+    }
+}
