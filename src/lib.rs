@@ -3,4 +3,13 @@
 //! The binary (`src/main.rs`) only parses the command line and maps the outcome to an exit code;
 //! everything else lives here so tests and benches drive the same code. See ARCHITECTURE.md.
 
+pub mod backoff;
+pub mod config;
+pub mod pipeline;
+pub mod protocol;
+pub mod reader;
+pub mod shutdown;
 pub mod sim;
+pub mod stats;
+pub mod worker;
+pub mod writer;

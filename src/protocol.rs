@@ -1,0 +1,419 @@
+//! CoinAPI's WebSocket wire format as the client reads it, and the NDJSON output format.
+//!
+//! Two levels of decoding, by design:
+//! - `scan_field` is the reader's cheap look at a frame (its `type` and `symbol_id`) to route it
+//!   without parsing it, so the one reader thread stays fast;
+//! - `decode` is the worker's full validation: the whole frame must be a JSON object, the fields
+//!   the pipeline depends on must have the right types.
+//!
+//! The output line is the wire text itself (whitespace outside strings removed) with `recv_time`
+//! and `source` appended, so every number reaches stdout byte-identical to the wire: nothing on
+//! this path goes through f64. This module does no IO and reads no clock.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+/// The data types a user may subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataType {
+    Trade,
+    Quote,
+    Book,
+    Book5,
+    Book20,
+    Book50,
+    BookL3,
+    Ohlcv,
+    Exrate,
+}
+
+impl DataType {
+    pub const ALL: [DataType; 9] = [
+        DataType::Trade,
+        DataType::Quote,
+        DataType::Book,
+        DataType::Book5,
+        DataType::Book20,
+        DataType::Book50,
+        DataType::BookL3,
+        DataType::Ohlcv,
+        DataType::Exrate,
+    ];
+    pub const ALL_NAMES: &'static str = "trade, quote, book, book5, book20, book50, book_l3, ohlcv, exrate";
+
+    pub fn parse(s: &str) -> Option<DataType> {
+        DataType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataType::Trade => "trade",
+            DataType::Quote => "quote",
+            DataType::Book => "book",
+            DataType::Book5 => "book5",
+            DataType::Book20 => "book20",
+            DataType::Book50 => "book50",
+            DataType::BookL3 => "book_l3",
+            DataType::Ohlcv => "ohlcv",
+            DataType::Exrate => "exrate",
+        }
+    }
+
+    /// Types numbered per (type, symbol_id) by `sequence`; exrate carries neither.
+    pub fn is_sequenced(self) -> bool {
+        self != DataType::Exrate
+    }
+}
+
+/// What the reader needs to know about a frame before routing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Heartbeat,
+    Error,
+    Reconnect,
+    /// Anything else: market data, unknown types and malformed text all go to a worker, which
+    /// validates and counts them.
+    Data,
+}
+
+/// Classifies a text frame by a scan of its `type` field (no full parse).
+pub fn classify(frame: &[u8]) -> FrameKind {
+    match scan_field(frame, b"type") {
+        Some(b"hearbeat") | Some(b"heartbeat") => FrameKind::Heartbeat,
+        Some(b"error") => FrameKind::Error,
+        Some(b"reconnect") => FrameKind::Reconnect,
+        _ => FrameKind::Data,
+    }
+}
+
+/// Finds the string value of `"key":"..."` in a JSON text without parsing it.
+///
+/// Sound for routing because inside a JSON string every `"` is escaped: the pattern `"key"`
+/// followed by `:` can only be an object key. A nested object with the same key would be found
+/// too, which CoinAPI's flat messages never have; the worker's full decode is the real check.
+/// Returns the raw (still escaped) bytes between the quotes.
+pub fn scan_field<'a>(frame: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut from = 0;
+    while let Some(pos) = memchr::memmem::find(&frame[from..], key) {
+        let start = from + pos;
+        let end = start + key.len();
+        from = end;
+        if start == 0 || frame[start - 1] != b'"' || frame.get(end) != Some(&b'"') {
+            continue;
+        }
+        let rest = skip_ws(&frame[end + 1..]);
+        let Some(rest) = rest.strip_prefix(b":") else { continue };
+        let rest = skip_ws(rest);
+        let value = rest.strip_prefix(b"\"")?;
+        let mut i = 0;
+        while i < value.len() {
+            match value[i] {
+                b'\\' => i += 2,
+                b'"' => return Some(&value[..i]),
+                _ => i += 1,
+            }
+        }
+        return None;
+    }
+    None
+}
+
+fn skip_ws(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')).count();
+    &s[n..]
+}
+
+/// The fields the pipeline relies on, borrowed from the frame where no unescaping is needed.
+/// Every other field is validated as JSON and kept verbatim in the output.
+#[derive(Debug, Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    symbol_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    sequence: Option<u64>,
+    #[serde(default, borrow)]
+    uuid: Option<Cow<'a, str>>,
+}
+
+/// A validated market-data message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded<'a> {
+    pub data_type: DataType,
+    /// Present for every sequenced type; `None` only for exrate.
+    pub symbol_id: Option<Cow<'a, str>>,
+    pub sequence: Option<u64>,
+    pub uuid: Option<Cow<'a, str>>,
+}
+
+/// Why a frame was not written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// Not JSON, not an object, a field of the wrong type, or a required field missing.
+    Malformed(String),
+    /// Valid JSON object with a `type` this program does not handle: counted and skipped, as
+    /// the protocol asks.
+    UnknownType(String),
+}
+
+/// Fully validates one text frame.
+pub fn decode(frame: &[u8]) -> Result<Decoded<'_>, Reject> {
+    // serde's derived struct visitor also accepts a JSON array (fields by position): refuse it.
+    if skip_ws(frame).first() != Some(&b'{') {
+        return Err(Reject::Malformed("not a JSON object".to_string()));
+    }
+    let head: Head<'_> = serde_json::from_slice(frame).map_err(|e| Reject::Malformed(e.to_string()))?;
+    let Some(data_type) = DataType::parse(&head.kind) else {
+        return Err(Reject::UnknownType(head.kind.into_owned()));
+    };
+    if data_type.is_sequenced() {
+        match &head.symbol_id {
+            Some(s) if !s.is_empty() => {}
+            _ => return Err(Reject::Malformed(format!("{} without symbol_id", data_type.as_str()))),
+        }
+        if head.sequence.is_none() {
+            return Err(Reject::Malformed(format!("{} without sequence", data_type.as_str())));
+        }
+    }
+    if data_type == DataType::Trade && head.uuid.is_none() {
+        return Err(Reject::Malformed("trade without uuid".to_string()));
+    }
+    Ok(Decoded { data_type, symbol_id: head.symbol_id, sequence: head.sequence, uuid: head.uuid })
+}
+
+/// Where an output record came from (the `source` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Ws,
+    Rest,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Ws => "ws",
+            Source::Rest => "rest",
+        }
+    }
+}
+
+/// Appends one NDJSON line: the validated object `frame` with whitespace outside strings
+/// removed, plus `"recv_time"` and `"source"`, then `\n`.
+///
+/// `frame` must already have passed `decode` (a JSON object), which is what makes dropping
+/// whitespace and the final `}` safe. `recv_time` is a formatted CoinAPI timestamp.
+pub fn append_line(out: &mut Vec<u8>, frame: &[u8], recv_time: &str, source: Source) {
+    let trimmed = frame.trim_ascii();
+    debug_assert!(trimmed.first() == Some(&b'{') && trimmed.last() == Some(&b'}'));
+    let start = out.len();
+    let body = &trimmed[..trimmed.len() - 1];
+    if body.iter().any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t')) {
+        minify_into(out, body);
+    } else {
+        out.extend_from_slice(body);
+    }
+    if out.len() > start + 1 {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"recv_time\":\"");
+    out.extend_from_slice(recv_time.as_bytes());
+    out.extend_from_slice(b"\",\"source\":\"");
+    out.extend_from_slice(source.as_str().as_bytes());
+    out.extend_from_slice(b"\"}\n");
+}
+
+/// Copies JSON text dropping insignificant whitespace (outside strings); escapes are kept
+/// verbatim. The output is the same JSON value, still on one line (a raw newline can only occur
+/// outside strings in valid JSON).
+fn minify_into(out: &mut Vec<u8>, text: &[u8]) {
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            if b == b'"' {
+                in_string = true;
+            }
+            out.push(b);
+        }
+    }
+}
+
+/// Formats UTC timestamps in CoinAPI's format (`2017-03-18T22:42:21.3763342Z`, 7 fractional
+/// digits), caching the part that only changes once a second: it is formatted per message.
+#[derive(Debug, Default)]
+pub struct TimestampFormatter {
+    cached_second: Option<i64>,
+    buf: String,
+}
+
+impl TimestampFormatter {
+    /// `unix_ns`: nanoseconds since the Unix epoch.
+    pub fn format(&mut self, unix_ns: i128) -> &str {
+        let second = unix_ns.div_euclid(1_000_000_000) as i64;
+        let subsec_100ns = (unix_ns.rem_euclid(1_000_000_000) / 100) as u32;
+        if self.cached_second != Some(second) {
+            self.buf.clear();
+            let dt = time::OffsetDateTime::from_unix_timestamp(second).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            use std::fmt::Write;
+            let _ = write!(
+                self.buf,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+                dt.year(),
+                u8::from(dt.month()),
+                dt.day(),
+                dt.hour(),
+                dt.minute(),
+                dt.second()
+            );
+            self.cached_second = Some(second);
+        }
+        self.buf.truncate(20);
+        let digits = subsec_100ns + 10_000_000; // leading 1 gives the zero padding for free
+        let mut b = itoa::Buffer::new();
+        self.buf.push_str(&b.format(digits)[1..]);
+        self.buf.push('Z');
+        &self.buf
+    }
+}
+
+/// A stable, fast hash of a symbol id's bytes (FNV-1a) to pick its worker. Stable across runs
+/// and independent of the hasher seed, so a symbol always lands on the same worker.
+pub fn route(symbol_id: &[u8], n_workers: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in symbol_id {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % n_workers as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRADE: &str = r#"{"type":"trade","symbol_id":"BITSTAMP_SPOT_BTC_USD","sequence":2323346,"time_exchange":"2013-09-28T22:40:50.0000000Z","time_coinapi":"2017-03-18T22:42:21.3763342Z","uuid":"770C7A3B-7258-4441-8182-83740F3E2457","price":770.000000000,"size":0.0189885151556305438646080756,"taker_side":"BUY"}"#;
+
+    fn line(frame: &str) -> String {
+        let mut out = Vec::new();
+        append_line(&mut out, frame.as_bytes(), "2026-11-28T06:44:26.1234567Z", Source::Ws);
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn scan_field_finds_keys_not_lookalikes() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            (TRADE, "type", Some("trade")),
+            (TRADE, "symbol_id", Some("BITSTAMP_SPOT_BTC_USD")),
+            (r#"{ "type" : "hearbeat" }"#, "type", Some("hearbeat")),
+            (r#"{"update_type":"ADD","type":"book_l3"}"#, "type", Some("book_l3")),
+            (r#"{"note":"\"type\":\"error\"","type":"quote"}"#, "type", Some("quote")),
+            (r#"{"type":"a\"b"}"#, "type", Some(r#"a\"b"#)),
+            (r#"{"type":5}"#, "type", None),
+            (r#"{"type":"unterminated"#, "type", None),
+            ("not json", "type", None),
+        ];
+        for (frame, key, want) in cases {
+            let got = scan_field(frame.as_bytes(), key.as_bytes()).map(|b| std::str::from_utf8(b).expect("utf8"));
+            assert_eq!(got, *want, "{frame} / {key}");
+        }
+    }
+
+    #[test]
+    fn classify_recognises_both_heartbeat_spellings_and_control_types() {
+        assert_eq!(classify(br#"{"type":"hearbeat"}"#), FrameKind::Heartbeat);
+        assert_eq!(classify(br#"{"type":"heartbeat"}"#), FrameKind::Heartbeat);
+        assert_eq!(classify(br#"{"type":"error","message":"Invalid API key"}"#), FrameKind::Error);
+        assert_eq!(classify(br#"{"type":"reconnect","within_seconds":10}"#), FrameKind::Reconnect);
+        assert_eq!(classify(TRADE.as_bytes()), FrameKind::Data);
+        assert_eq!(classify(b"[1,2]"), FrameKind::Data);
+    }
+
+    #[test]
+    fn decode_validates_what_the_pipeline_relies_on() {
+        let ok = decode(TRADE.as_bytes()).expect("valid trade");
+        assert_eq!(ok.data_type, DataType::Trade);
+        assert_eq!(ok.symbol_id.as_deref(), Some("BITSTAMP_SPOT_BTC_USD"));
+        assert_eq!(ok.sequence, Some(2_323_346));
+        assert_eq!(ok.uuid.as_deref(), Some("770C7A3B-7258-4441-8182-83740F3E2457"));
+        let exrate = r#"{"type":"exrate","asset_id_base":"BTC","asset_id_quote":"USD","rate_type":"BASE_ALL_CURRENT","time":"2026-01-01T00:00:00.0000000Z","rate":1e-8}"#;
+        assert_eq!(decode(exrate.as_bytes()).expect("exrate").data_type, DataType::Exrate);
+
+        let malformed = [
+            "{not json",
+            r#"["trade","X",1]"#,
+            r#"{"type":"trade","sequence":1,"uuid":"u"}"#,
+            r#"{"type":"quote","symbol_id":"","sequence":1}"#,
+            r#"{"type":"quote","symbol_id":"X","sequence":-1}"#,
+            r#"{"type":"quote","symbol_id":"X","sequence":1.5}"#,
+            r#"{"type":"quote","symbol_id":"X"}"#,
+            r#"{"type":"trade","symbol_id":"X","sequence":1}"#,
+            r#"{"type":"quote","symbol_id":"X","sequence":1} trailing"#,
+            r#"{"symbol_id":"X","sequence":1}"#,
+            "",
+        ];
+        for m in malformed {
+            assert!(matches!(decode(m.as_bytes()), Err(Reject::Malformed(_))), "{m}");
+        }
+        assert_eq!(decode(br#"{"type":"candles","symbol_id":"X"}"#), Err(Reject::UnknownType("candles".to_string())));
+    }
+
+    #[test]
+    fn output_keeps_every_number_byte_identical() {
+        let got = line(TRADE);
+        assert_eq!(
+            got,
+            format!(
+                "{},\"recv_time\":\"2026-11-28T06:44:26.1234567Z\",\"source\":\"ws\"}}\n",
+                &TRADE[..TRADE.len() - 1]
+            )
+        );
+        assert!(got.contains(r#""price":770.000000000,"size":0.0189885151556305438646080756,"#));
+        let exp = line(r#"{"type":"exrate","rate":1e-8,"big":123456789012345678901234567890}"#);
+        assert!(exp.contains(r#""rate":1e-8,"big":123456789012345678901234567890,"#), "{exp}");
+    }
+
+    #[test]
+    fn output_is_compact_one_line_and_keeps_strings_intact() {
+        let pretty = "{ \"type\" : \"quote\",\n  \"symbol_id\": \"A B\\\" \\n\",\r\n\t\"ask_price\" : 1.50 }\n";
+        let got = line(pretty);
+        assert_eq!(
+            got,
+            "{\"type\":\"quote\",\"symbol_id\":\"A B\\\" \\n\",\"ask_price\":1.50,\"recv_time\":\"2026-11-28T06:44:26.1234567Z\",\"source\":\"ws\"}\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&got).expect("valid json");
+        assert_eq!(v["symbol_id"], "A B\" \n");
+        assert_eq!(line("{}"), "{\"recv_time\":\"2026-11-28T06:44:26.1234567Z\",\"source\":\"ws\"}\n");
+    }
+
+    #[test]
+    fn timestamps_use_coinapi_format() {
+        let mut f = TimestampFormatter::default();
+        assert_eq!(f.format(0), "1970-01-01T00:00:00.0000000Z");
+        assert_eq!(f.format(1_489_876_941_376_334_200), "2017-03-18T22:42:21.3763342Z");
+        assert_eq!(f.format(1_489_876_941_000_000_099), "2017-03-18T22:42:21.0000000Z");
+        assert_eq!(f.format(1_489_876_942_999_999_999), "2017-03-18T22:42:22.9999999Z");
+    }
+
+    #[test]
+    fn routing_is_stable_and_in_range() {
+        for n in 1..8 {
+            let w = route(b"BITSTAMP_SPOT_BTC_USD", n);
+            assert!(w < n);
+            assert_eq!(w, route(b"BITSTAMP_SPOT_BTC_USD", n));
+        }
+        let spread: std::collections::HashSet<usize> =
+            (0..100).map(|i| route(format!("SYM_{i}").as_bytes(), 4)).collect();
+        assert_eq!(spread.len(), 4, "100 symbols use all 4 workers");
+    }
+}

@@ -1,0 +1,599 @@
+//! The reader thread: owns the WebSocket connection from TCP connect to close, and routes every
+//! data frame to the worker that owns its symbol.
+//!
+//! Its one rule is that it keeps reading. It never blocks on a full channel for longer than
+//! `--queue-wait-ms`: past that it sheds load (drops, counted per symbol) until the channel has
+//! drained to half its capacity, so pongs keep going out and CoinAPI's server-side buffer never
+//! overflows because of us. The socket has a short read timeout (`READ_TICK`) so shutdown and
+//! staleness are noticed between frames. Decoding is left to the workers: the reader only scans
+//! a frame's `type` and `symbol_id`.
+//!
+//! Lifecycle: connect (bounded by `--connect-timeout`), hello, read until the connection ends,
+//! then reconnect after a backoff (`backoff.rs`). Each connection has a generation number that
+//! stamps its frames, because CoinAPI sequences are only valid within one connection.
+
+use std::io::ErrorKind;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+use tungstenite::client::ClientRequestBuilder;
+use tungstenite::handshake::HandshakeError;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Connector, Message, Utf8Bytes, WebSocket};
+
+use crate::backoff::{Backoff, BackoffPolicy};
+use crate::config::{Config, READ_TICK};
+use crate::protocol::{self, FrameKind, TimestampFormatter};
+use crate::shutdown::Shutdown;
+use crate::stats::Stats;
+use crate::worker::{Frame, WorkerInput};
+use crate::writer::Batch;
+
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// How long a graceful close may wait for the server's close reply.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// How long a control line may wait for room in the writer's channel before it is counted lost.
+const CONTROL_WAIT: Duration = Duration::from_millis(100);
+/// Socket write timeout once connected (hello, pongs, close): a peer that stops reading cannot
+/// block the reader for longer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames between two reads of the monotonic clock while data flows.
+const CLOCK_EVERY_FRAMES: u32 = 1024;
+/// Minimum time between two "started dropping" warnings for one channel.
+const SHED_WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// How the reader ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReaderExit {
+    /// Shutdown was requested; the connection was closed gracefully.
+    Stopped,
+    /// CoinAPI refused the key (or another condition retrying cannot fix).
+    Fatal(String),
+    /// The workers are gone (the writer stopped): nothing left to read for.
+    PipelineGone,
+}
+
+/// Why one connection ended, deciding what happens next.
+#[derive(Debug)]
+enum SessionEnd {
+    Stop,
+    Retry(String),
+    /// The server announced it will close this connection (`reconnect`): move without penalty.
+    Moved(String),
+    Fatal(String),
+    PipelineGone,
+}
+
+enum ConnectError {
+    Retry(String),
+    /// Told to wait (429 on the upgrade).
+    RetryAfter(Duration, String),
+    Fatal(String),
+    /// A stop was requested while connecting.
+    Stopped,
+}
+
+/// One worker's input channel and whether the reader is currently shedding load for it.
+struct Lane {
+    tx: Sender<WorkerInput>,
+    shedding: bool,
+    last_shed_warning: Option<Instant>,
+}
+
+pub struct Reader<'a> {
+    config: &'a Config,
+    stats: &'a Stats,
+    shutdown: &'a Shutdown,
+    lanes: Vec<Lane>,
+    /// Shedding stops once a channel holds at most this many messages.
+    low_water: usize,
+    control: Sender<Batch>,
+    tls: Arc<rustls::ClientConfig>,
+    backoff: Backoff,
+    rng: fastrand::Rng,
+    generation: u64,
+    timestamps: TimestampFormatter,
+}
+
+impl std::fmt::Debug for Reader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("generation", &self.generation).field("lanes", &self.lanes.len()).finish()
+    }
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(
+        config: &'a Config,
+        stats: &'a Stats,
+        shutdown: &'a Shutdown,
+        workers: Vec<Sender<WorkerInput>>,
+        control: Sender<Batch>,
+    ) -> Reader<'a> {
+        assert!(!workers.is_empty(), "the reader needs at least one worker");
+        let lanes = workers.into_iter().map(|tx| Lane { tx, shedding: false, last_shed_warning: None }).collect();
+        let policy = BackoffPolicy { cap: config.backoff_max, ..BackoffPolicy::default() };
+        Reader {
+            config,
+            stats,
+            shutdown,
+            lanes,
+            low_water: config.queue_capacity / 2,
+            control,
+            tls: tls_config(),
+            backoff: Backoff::new(policy),
+            // Seeded from the OS-seeded thread-local generator: two clients restarted together
+            // must not retry in lockstep.
+            rng: fastrand::Rng::new(),
+            generation: 0,
+            timestamps: TimestampFormatter::default(),
+        }
+    }
+
+    pub fn run(mut self) -> ReaderExit {
+        loop {
+            if self.shutdown.is_requested() {
+                return ReaderExit::Stopped;
+            }
+            let delay = self.backoff.next_attempt(Instant::now(), &mut self.rng);
+            if !delay.is_zero() {
+                log::info!("reconnecting in {:.1}s (attempt {})", delay.as_secs_f64(), self.backoff.failures());
+                if self.shutdown.wait_timeout(delay) {
+                    return ReaderExit::Stopped;
+                }
+            }
+            self.generation += 1;
+            let generation = self.generation;
+            let ws = match self.connect() {
+                Ok(ws) => ws,
+                Err(ConnectError::Stopped) => return ReaderExit::Stopped,
+                Err(ConnectError::Fatal(msg)) => {
+                    log::error!("{msg}; not retrying");
+                    self.connection_line("connect_failed", &msg);
+                    return ReaderExit::Fatal(msg);
+                }
+                Err(ConnectError::RetryAfter(wait, msg)) => {
+                    log::warn!("connection {generation} refused: {msg}; waiting {:.1}s as told", wait.as_secs_f64());
+                    self.connection_line("connect_failed", &msg);
+                    if self.shutdown.wait_timeout(wait) {
+                        return ReaderExit::Stopped;
+                    }
+                    continue;
+                }
+                Err(ConnectError::Retry(msg)) => {
+                    log::warn!("connection {generation} failed: {msg}");
+                    self.connection_line("connect_failed", &msg);
+                    continue;
+                }
+            };
+            if self.stats.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 {
+                Stats::add(&self.stats.reconnects, 1);
+            }
+            self.backoff.on_connected(Instant::now());
+            log::info!("connected to {} (generation {generation})", self.config.ws.url);
+            self.connection_line("connected", "");
+            let end = self.session(ws);
+            match end {
+                SessionEnd::Stop => {
+                    self.connection_line("disconnected", "shutdown");
+                    return ReaderExit::Stopped;
+                }
+                SessionEnd::PipelineGone => return ReaderExit::PipelineGone,
+                SessionEnd::Fatal(msg) => {
+                    log::error!("{msg}; not retrying");
+                    self.connection_line("disconnected", &msg);
+                    return ReaderExit::Fatal(msg);
+                }
+                SessionEnd::Moved(why) => {
+                    log::info!("connection {generation} ended: {why}; reconnecting at once");
+                    self.connection_line("disconnected", &why);
+                    self.backoff.forgive();
+                }
+                SessionEnd::Retry(why) => {
+                    log::warn!("connection {generation} lost: {why}");
+                    self.connection_line("disconnected", &why);
+                }
+            }
+        }
+    }
+
+    /// TCP connect, TLS, upgrade with the key header and hello, all within `--connect-timeout`.
+    fn connect(&mut self) -> Result<Ws, ConnectError> {
+        let cfg = self.config;
+        let deadline = Instant::now() + cfg.connect_timeout;
+        let remaining = || deadline.saturating_duration_since(Instant::now());
+        let addrs = (cfg.ws.host.as_str(), cfg.ws.port)
+            .to_socket_addrs()
+            .map_err(|e| ConnectError::Retry(format!("cannot resolve {}: {e}", cfg.ws.host)))?;
+        let mut last_error = format!("{} resolved to no address", cfg.ws.host);
+        let mut tcp = None;
+        for addr in addrs {
+            let left = remaining();
+            if left.is_zero() {
+                break;
+            }
+            match TcpStream::connect_timeout(&addr, left) {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last_error = format!("tcp connect to {addr}: {e}"),
+            }
+        }
+        let tcp = tcp.ok_or(ConnectError::Retry(last_error))?;
+        let io = |e: std::io::Error| ConnectError::Retry(format!("socket setup: {e}"));
+        tcp.set_nodelay(true).map_err(io)?;
+        // The handshake (TLS and upgrade) reads through the short tick so a stop request is
+        // noticed; the loop below resumes it until the connect deadline.
+        tcp.set_read_timeout(Some(READ_TICK)).map_err(io)?;
+        tcp.set_write_timeout(Some(remaining().max(Duration::from_millis(1)))).map_err(io)?;
+        let control = tcp.try_clone().map_err(io)?;
+
+        let uri = cfg
+            .ws
+            .url
+            .parse()
+            .map_err(|e| ConnectError::Fatal(format!("invalid WebSocket URL {}: {e}", cfg.ws.url)))?;
+        let request = ClientRequestBuilder::new(uri).with_header("X-CoinAPI-Key", cfg.api_key.expose());
+        let connector = if cfg.ws.tls { Connector::Rustls(self.tls.clone()) } else { Connector::Plain };
+        let mut attempt = tungstenite::client_tls_with_config(request, tcp, Some(ws_config(cfg)), Some(connector));
+        let mut ws = loop {
+            match attempt {
+                Ok((ws, _response)) => break ws,
+                Err(HandshakeError::Interrupted(mid)) => {
+                    if self.shutdown.is_requested() {
+                        return Err(ConnectError::Stopped);
+                    }
+                    if remaining().is_zero() {
+                        return Err(ConnectError::Retry(format!(
+                            "no upgrade answer within the connect timeout ({:.1}s)",
+                            cfg.connect_timeout.as_secs_f64()
+                        )));
+                    }
+                    attempt = mid.handshake();
+                }
+                Err(HandshakeError::Failure(e)) => return Err(classify_handshake_error(e, cfg.connect_timeout)),
+            }
+        };
+        control.set_read_timeout(Some(READ_TICK)).map_err(io)?;
+        control.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io)?;
+        ws.send(Message::text(hello_message(cfg))).map_err(|e| ConnectError::Retry(format!("sending hello: {e}")))?;
+        Ok(ws)
+    }
+
+    /// Reads one connection until it ends.
+    fn session(&mut self, mut ws: Ws) -> SessionEnd {
+        let mut last_activity = Instant::now();
+        let mut active = false;
+        let mut frames_since_clock: u32 = 0;
+        loop {
+            if self.shutdown.is_requested() {
+                return self.close(ws, SessionEnd::Stop);
+            }
+            match ws.read() {
+                Ok(Message::Text(text)) => {
+                    active = true;
+                    frames_since_clock += 1;
+                    match protocol::classify(text.as_bytes()) {
+                        FrameKind::Data => {
+                            if !self.dispatch(text) {
+                                return SessionEnd::PipelineGone;
+                            }
+                        }
+                        FrameKind::Heartbeat => Stats::add(&self.stats.heartbeats, 1),
+                        FrameKind::Error => {
+                            let end = server_error(text.as_bytes());
+                            return self.close(ws, end);
+                        }
+                        FrameKind::Reconnect => {
+                            let why = format!("server asked to reconnect: {}", text.as_str());
+                            return self.close(ws, SessionEnd::Moved(why));
+                        }
+                    }
+                }
+                Ok(Message::Binary(_)) => {
+                    active = true;
+                    Stats::add(&self.stats.received, 1);
+                    Stats::add(&self.stats.malformed, 1);
+                    log::warn!("skipped a binary frame (CoinAPI sends text only)");
+                }
+                Ok(Message::Ping(_)) => {
+                    active = true;
+                    // tungstenite queued the pong; send it now rather than on the next read.
+                    let _ = ws.flush();
+                }
+                Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => active = true,
+                Ok(Message::Close(frame)) => {
+                    let why = frame
+                        .map(|f| format!("closed by server ({} {})", f.code, f.reason))
+                        .unwrap_or_else(|| "closed by server".into());
+                    // Drive the close handshake to its end; the next read reports ConnectionClosed.
+                    return self.close(ws, SessionEnd::Retry(why));
+                }
+                Err(tungstenite::Error::Io(e)) if is_tick(&e) => {
+                    let _ = ws.flush();
+                    frames_since_clock = CLOCK_EVERY_FRAMES;
+                }
+                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                    return SessionEnd::Retry("connection closed".into())
+                }
+                Err(tungstenite::Error::Capacity(e)) => {
+                    Stats::add(&self.stats.received, 1);
+                    Stats::add(&self.stats.malformed, 1);
+                    return SessionEnd::Retry(format!(
+                        "oversized message refused ({e}), limit {} bytes",
+                        self.config.max_message_bytes
+                    ));
+                }
+                Err(e) => return SessionEnd::Retry(format!("read error: {e}")),
+            }
+            // The monotonic clock is read on every tick but only every few frames while data
+            // flows: staleness is measured in seconds, not nanoseconds.
+            if frames_since_clock >= CLOCK_EVERY_FRAMES {
+                frames_since_clock = 0;
+                let now = Instant::now();
+                if active {
+                    active = false;
+                    last_activity = now;
+                    self.backoff.on_data(now);
+                } else if now.duration_since(last_activity) > self.config.stale_timeout {
+                    let why = format!(
+                        "no message for {:.1}s (stale timeout {:.1}s)",
+                        now.duration_since(last_activity).as_secs_f64(),
+                        self.config.stale_timeout.as_secs_f64()
+                    );
+                    return self.close(ws, SessionEnd::Retry(why));
+                }
+            }
+        }
+    }
+
+    /// Routes one data frame to its worker, waiting at most `--queue-wait-ms` for room and
+    /// shedding load while the channel drains. False if the workers are gone.
+    fn dispatch(&mut self, text: Utf8Bytes) -> bool {
+        Stats::add(&self.stats.received, 1);
+        let symbol = protocol::scan_field(text.as_bytes(), b"symbol_id").unwrap_or(b"");
+        let w = protocol::route(symbol, self.lanes.len());
+        let lane = &mut self.lanes[w];
+        if lane.shedding {
+            if lane.tx.len() > self.low_water {
+                self.stats.record_drop(symbol);
+                return true;
+            }
+            lane.shedding = false;
+            log::info!(
+                "worker-{w} channel drained to {} of {}: delivering again",
+                lane.tx.len(),
+                self.config.queue_capacity
+            );
+        }
+        let recv_unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+        let input = WorkerInput::Frame(Frame { text, recv_unix_ns, generation: self.generation });
+        let sent = match lane.tx.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(input)) => lane.tx.send_timeout(input, self.config.queue_wait),
+            Err(TrySendError::Disconnected(input)) => Err(SendTimeoutError::Disconnected(input)),
+        };
+        match sent {
+            Ok(()) => {
+                self.stats.note_queue_depth(lane.tx.len());
+                true
+            }
+            Err(SendTimeoutError::Timeout(WorkerInput::Frame(frame))) => {
+                lane.shedding = true;
+                let symbol = protocol::scan_field(frame.text.as_bytes(), b"symbol_id").unwrap_or(b"");
+                self.stats.record_drop(symbol);
+                self.stats.note_queue_depth(self.config.queue_capacity);
+                let now = Instant::now();
+                if lane.last_shed_warning.is_none_or(|t| now.duration_since(t) >= SHED_WARN_EVERY) {
+                    lane.last_shed_warning = Some(now);
+                    log::warn!(
+                        "worker-{w} channel full for {}ms: dropping its messages until it drains to {} (dropped so far: {})",
+                        self.config.queue_wait.as_millis(),
+                        self.low_water,
+                        self.stats.dropped.load(std::sync::atomic::Ordering::Relaxed)
+                    );
+                }
+                true
+            }
+            Err(SendTimeoutError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Sends a WebSocket close and drives the close handshake for at most `CLOSE_WAIT`; data
+    /// frames that arrive meanwhile are still delivered. Returns `end` unchanged.
+    fn close(&mut self, mut ws: Ws, end: SessionEnd) -> SessionEnd {
+        let _ = ws.close(None);
+        let deadline = Instant::now() + CLOSE_WAIT;
+        while Instant::now() < deadline {
+            match ws.read() {
+                Ok(Message::Text(text)) if protocol::classify(text.as_bytes()) == FrameKind::Data => {
+                    if !self.dispatch(text) {
+                        return SessionEnd::PipelineGone;
+                    }
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if is_tick(&e) => {}
+                Err(_) => break,
+            }
+        }
+        end
+    }
+
+    /// Writes a `{"type":"connection",...}` control line (best effort: counted if lost).
+    fn connection_line(&mut self, event: &str, reason: &str) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+        // Written by hand so `type` comes first, as in CoinAPI's own messages (consumers may
+        // filter on a line prefix); strings go through serde_json for escaping.
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+        let mut line = format!(
+            "{{\"type\":\"connection\",\"event\":{},\"generation\":{},\"url\":{},\"time\":\"{}\"",
+            quote(event),
+            self.generation,
+            quote(&self.config.ws.url),
+            self.timestamps.format(now)
+        );
+        if !reason.is_empty() {
+            line.push_str(",\"reason\":");
+            line.push_str(&quote(reason));
+        }
+        line.push('}');
+        let mut batch = Batch::with_capacity(256);
+        batch.bytes.extend_from_slice(line.as_bytes());
+        batch.bytes.push(b'\n');
+        batch.control_lines = 1;
+        if self.control.send_timeout(batch, CONTROL_WAIT).is_err() {
+            Stats::add(&self.stats.control_lines_lost, 1);
+        }
+    }
+}
+
+fn is_tick(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted)
+}
+
+/// The hello CoinAPI expects: key, heartbeats on, data types, and symbol filters (`SYMBOL$` for
+/// an exact match, a bare prefix for `PREFIX*`). Contains the key: never log it.
+pub fn hello_message(config: &Config) -> String {
+    let types: Vec<&str> = config.data_types.iter().map(|t| t.as_str()).collect();
+    let symbols: Vec<String> = config.symbols.iter().map(|s| s.wire()).collect();
+    serde_json::json!({
+        "type": "hello",
+        "apikey": config.api_key.expose(),
+        "heartbeat": true,
+        "subscribe_data_type": types,
+        "subscribe_filter_symbol_id": symbols,
+    })
+    .to_string()
+}
+
+/// Explicit WebSocket limits: CoinAPI messages are small, so a few MiB, not the 64 MiB default.
+pub fn ws_config(config: &Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(128 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_message_bytes))
+}
+
+/// One rustls configuration (ring, webpki roots) for every connection, so no process-wide
+/// crypto provider is needed.
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports rustls' default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+fn classify_handshake_error(e: tungstenite::Error, timeout: Duration) -> ConnectError {
+    match e {
+        tungstenite::Error::Http(response) => {
+            let status = response.status().as_u16();
+            let header_ms = |name: &str, scale: f64| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .map(|v| Duration::from_secs_f64((v * scale).min(600.0)))
+            };
+            let wait =
+                header_ms("X-WsRequestsPerIpLimit-RetryAfterMs", 0.001).or_else(|| header_ms("Retry-After", 1.0));
+            match (status, wait) {
+                (401 | 403, _) => {
+                    ConnectError::Fatal(format!("CoinAPI refused the API key (HTTP {status} on the upgrade)"))
+                }
+                (_, Some(wait)) => ConnectError::RetryAfter(wait, format!("upgrade refused with HTTP {status}")),
+                (429, None) => {
+                    ConnectError::RetryAfter(Duration::from_secs(10), "upgrade refused with HTTP 429".into())
+                }
+                _ => ConnectError::Retry(format!("upgrade refused with HTTP {status}")),
+            }
+        }
+        tungstenite::Error::Io(e) if is_tick(&e) => {
+            ConnectError::Retry(format!("no upgrade answer within the connect timeout ({:.1}s)", timeout.as_secs_f64()))
+        }
+        other => ConnectError::Retry(format!("upgrade failed: {other}")),
+    }
+}
+
+/// Decides what a server `error` message means. CoinAPI closes the connection after any error.
+fn server_error(frame: &[u8]) -> SessionEnd {
+    let message = serde_json::from_slice::<serde_json::Value>(frame)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "(no message)".to_string());
+    let lower = message.to_ascii_lowercase();
+    if (lower.contains("invalid") && lower.contains("key"))
+        || lower.contains("unauthorized")
+        || lower.contains("not authorized")
+    {
+        SessionEnd::Fatal(format!("CoinAPI refused the API key: {message}"))
+    } else if lower.contains("maximum allowed buffered messages") {
+        log::warn!("CoinAPI dropped us for reading too slowly (its buffer for this connection filled): {message}");
+        SessionEnd::Retry(format!("server error: {message}"))
+    } else {
+        SessionEnd::Retry(format!("server error: {message}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cli, Config};
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Config {
+        let mut argv = vec!["coinfeed"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).expect("args");
+        Config::from_args(&cli.run, Some("KEY-1".into()), 2).expect("valid")
+    }
+
+    #[test]
+    fn hello_is_what_coinapi_expects() {
+        let c = config(&["--symbols", "BITSTAMP_SPOT_BTC_USD,KRAKEN_SPOT_*", "--types", "trade,book20"]);
+        let v: serde_json::Value = serde_json::from_str(&hello_message(&c)).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "type": "hello", "apikey": "KEY-1", "heartbeat": true,
+                "subscribe_data_type": ["trade", "book20"],
+                "subscribe_filter_symbol_id": ["BITSTAMP_SPOT_BTC_USD$", "KRAKEN_SPOT_"],
+            })
+        );
+    }
+
+    #[test]
+    fn server_errors_are_classified() {
+        assert!(
+            matches!(server_error(br#"{"type":"error","message":"Invalid API key"}"#), SessionEnd::Fatal(m) if m.contains("Invalid API key"))
+        );
+        assert!(matches!(
+            server_error(
+                br#"{"type":"error","message":"Reached maximum allowed buffered messages for this connection."}"#
+            ),
+            SessionEnd::Retry(_)
+        ));
+        assert!(matches!(server_error(br#"{"type":"error","message":"Something else"}"#), SessionEnd::Retry(_)));
+        assert!(matches!(server_error(b"{garbage"), SessionEnd::Retry(m) if m.contains("no message")));
+    }
+
+    #[test]
+    fn websocket_limits_are_explicit_and_small() {
+        let c = config(&["--symbols", "A"]);
+        let w = ws_config(&c);
+        assert_eq!(w.max_message_size, Some(4 << 20));
+        assert_eq!(w.max_frame_size, Some(4 << 20));
+        assert!(w.max_write_buffer_size > w.write_buffer_size);
+    }
+}
