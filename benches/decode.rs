@@ -1,1 +1,96 @@
-fn main(){}
+//! Per-message costs on the hot path: the reader's scan and routing, and the worker's decode +
+//! output-line formatting, per message type, on realistic frames with long decimals.
+//! Run: `cargo bench --bench decode` (or `./run.sh bench`). Reports time and bytes per message.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tungstenite::Utf8Bytes;
+
+use coinfeed::protocol::{self, Source, TimestampFormatter};
+use coinfeed::stats::Stats;
+use coinfeed::worker::{Frame, Worker, WorkerInput};
+
+const TRADE: &str = r#"{"type":"trade","symbol_id":"BITSTAMP_SPOT_BTC_USD","sequence":2323346,"time_exchange":"2026-11-28T06:44:26.1230000Z","time_coinapi":"2026-11-28T06:44:26.1763342Z","uuid":"770C7A3B-7258-4441-8182-83740F3E2457","price":91234.123456789,"size":0.0189885151556305438646080756,"taker_side":"BUY"}"#;
+const QUOTE: &str = r#"{"type":"quote","symbol_id":"COINBASE_SPOT_ETH_USD","sequence":99887766,"time_exchange":"2026-11-28T06:44:26.1230000Z","time_coinapi":"2026-11-28T06:44:26.1763342Z","ask_price":3012.450000000,"ask_size":12.000000000000000001,"bid_price":3012.440000000,"bid_size":0.0000000100000000000000000001}"#;
+const OHLCV: &str = r#"{"type":"ohlcv","symbol_id":"BITSTAMP_SPOT_BTC_USD","sequence":12,"period_id":"1MIN","time_period_start":"2026-11-28T06:44:00.0000000Z","time_period_end":"2026-11-28T06:45:00.0000000Z","time_open":"2026-11-28T06:44:00.1230000Z","time_close":"2026-11-28T06:44:59.9870000Z","price_open":91230.1,"price_high":91240.123456789,"price_low":91220.000000001,"price_close":91234.123456789,"volume_traded":12.0189885151556305438646080756,"trades_count":214}"#;
+
+fn book20() -> String {
+    let side = |base: f64, step: f64| -> String {
+        (0..20)
+            .map(|i| {
+                format!(
+                    r#"{{"price":{:.9},"size":0.{:028}}}"#,
+                    base + step * i as f64,
+                    189885151556305438646080756u128 + i
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        r#"{{"type":"book20","symbol_id":"BINANCE_SPOT_SOL_USDT","sequence":4455,"time_exchange":"2026-11-28T06:44:26.1230000Z","time_coinapi":"2026-11-28T06:44:26.1763342Z","asks":[{}],"bids":[{}]}}"#,
+        side(142.5, 0.01),
+        side(142.49, -0.01)
+    )
+}
+
+fn frame(text: &str) -> WorkerInput {
+    WorkerInput::Frame(Frame {
+        text: Utf8Bytes::from(text.to_string()),
+        recv_unix_ns: 1_795_848_000_123_456_700,
+        generation: 1,
+    })
+}
+
+fn decode_and_format(c: &mut Criterion) {
+    let book = book20();
+    let mut group = c.benchmark_group("decode_format");
+    for (name, text) in [("trade", TRADE), ("quote", QUOTE), ("ohlcv", OHLCV), ("book20", book.as_str())] {
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        let stats = Stats::default();
+        let mut worker = Worker::new(0, &stats);
+        let input = frame(text);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let WorkerInput::Frame(f) = &input;
+                worker.handle(WorkerInput::Frame(f.clone()));
+                if worker.take_batch().bytes.len() > 1 << 20 {
+                    unreachable!()
+                }
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("format_only");
+    group.throughput(Throughput::Bytes(TRADE.len() as u64));
+    let mut ts = TimestampFormatter::default();
+    let mut out = Vec::with_capacity(1024);
+    group.bench_function("trade_line", |b| {
+        b.iter(|| {
+            out.clear();
+            let t = ts.format(black_box(1_795_848_000_123_456_700));
+            protocol::append_line(&mut out, black_box(TRADE.as_bytes()), t, Source::Ws);
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
+fn reader_side(c: &mut Criterion) {
+    let mut group = c.benchmark_group("reader");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("classify_scan_route_trade", |b| {
+        b.iter(|| {
+            let bytes = black_box(TRADE.as_bytes());
+            let kind = protocol::classify(bytes);
+            let symbol = protocol::scan_field(bytes, b"symbol_id").unwrap_or(b"");
+            (kind, protocol::route(symbol, 2))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode_and_format, reader_side);
+criterion_main!(benches);

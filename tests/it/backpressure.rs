@@ -1,0 +1,83 @@
+//! Back-pressure from the original test plan: a consumer that stops reading stdout must not
+//! make the process grow or stop reading the socket; the loss is counted and reported.
+
+use std::time::Duration;
+
+use coinfeed::sim::{EventKind, Sim, SimConfig};
+
+use crate::harness::{field, market_lines, Feed, FeedOptions};
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Proves that with a tiny queue and a stalled consumer, the channel never exceeds its
+/// capacity, drops are counted per symbol and in total, memory stays bounded, the connection
+/// stays up, and every received message is accounted for as written or dropped.
+#[test]
+fn a_stalled_consumer_causes_counted_drops_not_growth() {
+    const N: u64 = 100_000;
+    const CAPACITY: u64 = 8;
+    let sim = Sim::start(SimConfig { rate_per_sec: 0, max_messages: Some(N), ..SimConfig::default() }).expect("sim");
+    let symbols = SimConfig::default().symbols.join(",");
+    let args = crate::harness::args(
+        &sim.ws_url(),
+        &sim.rest_url(),
+        &symbols,
+        "trade,quote",
+        &["--queue-capacity", "8", "--queue-wait-ms", "5", "--workers", "1"],
+    );
+    let mut feed = Feed::start(&args, FeedOptions { read_stdout: false, ..FeedOptions::default() });
+
+    // Nobody reads stdout: the pipe fills, then the writer's queue, then the worker's channel.
+    // The simulator must still get every message out, because the reader keeps reading.
+    // Sample the process's memory while it is stalled (sampling, not synchronisation).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut max_rss = 0;
+    while sim.data_sent() < N && std::time::Instant::now() < deadline {
+        max_rss = max_rss.max(rss_kib(feed.pid()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    max_rss = max_rss.max(rss_kib(feed.pid()));
+    eprintln!("backpressure: max rss while stalled {max_rss} KiB");
+    assert!(max_rss < 64 * 1024, "memory grew while the consumer stalled: {max_rss} KiB");
+    let all_sent = sim.data_sent() >= N;
+    assert!(all_sent, "the reader stopped reading: only {} of {N} sent", sim.data_sent());
+    assert!(
+        feed.stderr.wait_until(Duration::from_secs(10), |l| l.iter().any(|x| x.contains("dropping"))),
+        "no drop warning; stderr:\n{}",
+        feed.stderr_text()
+    );
+
+    // The consumer comes back: whatever was queued is written, the feed is still connected.
+    feed.release_stdout();
+    let quiet = feed.stderr.wait_until(Duration::from_secs(20), |l| {
+        l.iter().rev().find(|x| x.contains("health: ")).is_some_and(|h| h.contains("queues=[0/8]"))
+    });
+    assert!(quiet, "queues never drained; stderr:\n{}", feed.stderr_text());
+    feed.signal("INT");
+    let (status, _) = feed.wait_exit(Duration::from_secs(10));
+    assert!(status.success());
+
+    let s = feed.summary();
+    let (received, written, dropped) = (field(&s, "received"), field(&s, "written"), field(&s, "dropped"));
+    eprintln!(
+        "backpressure: received={received} written={written} dropped={dropped} peak_rss_kib={}",
+        field(&s, "peak_rss_kib")
+    );
+    assert_eq!(received, N, "every message sent was read from the socket");
+    assert!(dropped > 0, "a stalled consumer must cause drops");
+    assert_eq!(received, written + dropped + field(&s, "malformed") + field(&s, "unknown_type"), "{s:?}");
+    assert_eq!(market_lines(&feed.stdout.snapshot()).len() as u64, written);
+    assert!(field(&s, "max_queue_depth") <= CAPACITY, "{s:?}");
+    assert!(s.iter().any(|(k, _)| k == "dropped_by_symbol"), "per-symbol drops reported: {s:?}");
+    assert_eq!(field(&s, "reconnects"), 0, "the connection must stay up");
+    let connects = sim.events().iter().filter(|e| matches!(e.kind, EventKind::WsConnected { .. })).count();
+    assert_eq!(connects, 1);
+}

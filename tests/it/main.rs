@@ -1,0 +1,9 @@
+//! Integration tests: the real `coinfeed` binary against the built-in simulator on 127.0.0.1
+//! with OS-chosen ports. Every wait has a deadline; no test depends on a fixed sleep.
+
+mod backpressure;
+mod cli;
+mod delivery;
+mod harness;
+mod protocol_faults;
+mod shutdown;
