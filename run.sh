@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# coinfeed's entry points for people and CI. Needs only a Rust toolchain (cargo, rustfmt, clippy).
+#
+#   ./run.sh [ARGS...]   build in release mode and run the pipeline: against CoinAPI when
+#                        COINAPI_KEY is set, otherwise against the built-in simulator (--sim).
+#                        NDJSON on stdout, logs and health on stderr, until Ctrl-C.
+#                        ARGS are passed to coinfeed (see ./run.sh --help).
+#   ./run.sh test        cargo fmt --check, clippy with -D warnings, and the whole test suite.
+#   ./run.sh bench       criterion micro benches (cargo bench).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+# Default symbols for a real run when the caller names none.
+DEFAULT_SYMBOLS="BITSTAMP_SPOT_BTC_USD,COINBASE_SPOT_ETH_USD"
+
+build_release() {
+    cargo build --release --locked --quiet --bin coinfeed >&2
+}
+
+case "${1:-}" in
+test)
+    shift
+    echo "== cargo fmt --check" >&2
+    cargo fmt --all -- --check
+    echo "== cargo clippy --all-targets -D warnings" >&2
+    cargo clippy --locked --all-targets -- -D warnings
+    echo "== cargo test" >&2
+    cargo test --locked --all-targets "$@"
+    ;;
+bench)
+    shift
+    cargo bench --locked --bench decode "$@"
+    ;;
+*)
+    build_release
+    bin=target/release/coinfeed
+    if [[ " $* " == *" --help "* || " $* " == *" -h "* || " $* " == *" --version "* || "${1:-}" == "sim" ]]; then
+        exec "$bin" "$@"
+    fi
+    if [[ -n "${COINAPI_KEY:-}" && " $* " != *" --sim "* ]]; then
+        if [[ " $* " != *" --symbols"* ]]; then
+            set -- --symbols "$DEFAULT_SYMBOLS" "$@"
+        fi
+        echo "run.sh: streaming from CoinAPI (COINAPI_KEY is set); Ctrl-C to stop" >&2
+        exec "$bin" "$@"
+    fi
+    if [[ " $* " != *" --sim "* ]]; then
+        set -- --sim "$@"
+    fi
+    echo "run.sh: COINAPI_KEY is not set: streaming from the built-in simulator; Ctrl-C to stop" >&2
+    exec "$bin" "$@"
+    ;;
+esac
