@@ -57,8 +57,14 @@ fn a_stalled_consumer_causes_counted_drops_not_growth() {
 
     // The consumer comes back: whatever was queued is written, the feed is still connected.
     feed.release_stdout();
-    let quiet = feed.stderr.wait_until(Duration::from_secs(20), |l| {
-        l.iter().rev().find(|x| x.contains("health: ")).is_some_and(|h| h.contains("queues=[0/8]"))
+    // "Sent" means the kernel took the bytes; wait until the reader has read them all and the
+    // queue is empty before stopping, so the accounting below is complete.
+    let all_read = format!(" received={N} ");
+    let quiet = feed.stderr.wait_until(Duration::from_secs(30), |l| {
+        l.iter()
+            .rev()
+            .find(|x| x.contains("health: "))
+            .is_some_and(|h| h.contains(&all_read) && h.contains("queues=[0/8]"))
     });
     assert!(quiet, "queues never drained; stderr:\n{}", feed.stderr_text());
     feed.signal("INT");
