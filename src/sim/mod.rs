@@ -100,6 +100,8 @@ const BOOK_LEVELS_MAX: usize = 1000;
 pub enum WsFault {
     /// The next sequenced data message skips `skip` sequence numbers on its stream.
     Gap { skip: u64 },
+    /// The next sequenced data message of `symbol_id` (any type) skips `skip` sequence numbers.
+    GapOn { symbol_id: String, skip: u64 },
     /// Send nothing at all (no data, no heartbeat, no pong) with the socket open, until `Resume`.
     Stall,
     /// End a `Stall`.
@@ -277,7 +279,11 @@ impl Shared {
     }
 
     pub(crate) fn log(&self, conn: u64, kind: EventKind) {
-        self.events.push(SimEvent { at: Instant::now(), conn, kind });
+        self.log_at(Instant::now(), conn, kind);
+    }
+
+    pub(crate) fn log_at(&self, at: Instant, conn: u64, kind: EventKind) {
+        self.events.push(SimEvent { at, conn, kind });
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {

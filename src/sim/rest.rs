@@ -285,6 +285,8 @@ fn serve(shared: &Shared, mut tcp: TcpStream, id: u64) {
             break;
         };
         buf.drain(..head_len);
+        // Requests are logged with their arrival time: pacing is judged as the server sees it.
+        let arrived = Instant::now();
         if req.header("transfer-encoding").is_some() {
             let _ = write_response(
                 shared,
@@ -315,7 +317,7 @@ fn serve(shared: &Shared, mut tcp: TcpStream, id: u64) {
         let resp = match fault {
             Some(RestFault::Hang) => {
                 // Logged now: nothing else will ever happen to this request.
-                log_request(shared, id, &req, 0);
+                log_request_at(shared, id, &req, 0, arrived);
                 super::hold(shared, tcp);
                 return;
             }
@@ -341,7 +343,7 @@ fn serve(shared: &Shared, mut tcp: TcpStream, id: u64) {
             None => route(shared, &req, &mut rng),
         };
         let written = write_response(shared, &mut tcp, &resp, close);
-        log_request(shared, id, &req, resp.status);
+        log_request_at(shared, id, &req, resp.status, arrived);
         if written.is_err() || close {
             break;
         }
@@ -391,7 +393,12 @@ fn discard_body(shared: &Shared, tcp: &mut TcpStream, buf: &mut Vec<u8>, len: us
 }
 
 fn log_request(shared: &Shared, id: u64, req: &Request, status: u16) {
-    shared.log(
+    log_request_at(shared, id, req, status, Instant::now());
+}
+
+fn log_request_at(shared: &Shared, id: u64, req: &Request, status: u16, at: Instant) {
+    shared.log_at(
+        at,
         id,
         EventKind::RestRequest {
             method: req.method.clone(),

@@ -362,6 +362,8 @@ struct Conn {
     /// Data messages generated on this connection (for `max_messages`).
     data_count: u64,
     gap_pending: u64,
+    /// Gaps aimed at one symbol (`WsFault::GapOn`), applied to its next sequenced message.
+    gap_on: HashMap<String, u64>,
     last_frame_at: Instant,
     /// Paced mode: (start, messages generated since start).
     pace: Option<(Instant, u64)>,
@@ -388,6 +390,7 @@ impl Conn {
             ending: None,
             data_count: 0,
             gap_pending: 0,
+            gap_on: HashMap::new(),
             last_frame_at: Instant::now(),
             pace: None,
             batches: VecDeque::new(),
@@ -662,9 +665,14 @@ impl Conn {
                 self.rr = 0;
             }
             let g = &mut self.gens[gi];
-            let emitted = g.emit(out, self.gap_pending, CLOCK);
+            // The map is empty but in gap tests, so the flood path pays one branch.
+            let aimed = if self.gap_on.is_empty() { 0 } else { self.gap_on.get(&g.symbol().id).copied().unwrap_or(0) };
+            let emitted = g.emit(out, self.gap_pending + aimed, CLOCK);
             if emitted.sequenced {
                 self.gap_pending = 0;
+                if aimed > 0 {
+                    self.gap_on.remove(&g.symbol().id);
+                }
             }
             if record {
                 records.push(String::from_utf8_lossy(&out[emitted.start..]).into_owned());
@@ -764,6 +772,10 @@ impl Conn {
     fn apply(&mut self, fault: WsFault) {
         match fault {
             WsFault::Gap { skip } => self.gap_pending = self.gap_pending.saturating_add(skip),
+            WsFault::GapOn { symbol_id, skip } => {
+                let pending = self.gap_on.entry(symbol_id).or_insert(0);
+                *pending = pending.saturating_add(skip);
+            }
             WsFault::Stall => self.stalled = true,
             WsFault::Resume => {
                 self.stalled = false;
