@@ -35,13 +35,21 @@ fn book20() -> String {
     )
 }
 
-fn frame(text: &str) -> WorkerInput {
-    WorkerInput::Frame(Frame {
-        text: Utf8Bytes::from(text.to_string()),
-        recv_unix_ns: 1_795_848_000_123_456_700,
-        generation: 1,
-    })
+/// A ring of frames of one message type with increasing sequences and distinct uuids, so each
+/// iteration goes down the real path (in-order sequence, new trade, a line written).
+fn ring(text: &str) -> Vec<Frame> {
+    let (head, rest) = text.split_once("\"sequence\":").expect("sequenced frame");
+    let tail = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    (0..RING)
+        .map(|i| {
+            let t =
+                format!("{head}\"sequence\":{}{tail}", i + 1).replacen("-83740F3E2457\"", &format!("-{i:012X}\""), 1);
+            Frame { text: Utf8Bytes::from(t), recv_unix_ns: 1_795_848_000_123_456_700, generation: 1 }
+        })
+        .collect()
 }
+
+const RING: usize = 1024;
 
 fn decode_and_format(c: &mut Criterion) {
     let book = book20();
@@ -50,11 +58,12 @@ fn decode_and_format(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(text.len() as u64));
         let stats = Stats::default();
         let mut worker = Worker::new(0, &stats);
-        let input = frame(text);
+        let frames = ring(text);
+        let mut next = 0usize;
         group.bench_function(name, |b| {
             b.iter(|| {
-                let WorkerInput::Frame(f) = &input;
-                worker.handle(WorkerInput::Frame(f.clone()));
+                worker.handle(WorkerInput::Frame(frames[next].clone()));
+                next = (next + 1) % RING;
                 if worker.take_batch().bytes.len() > 1 << 20 {
                     unreachable!()
                 }

@@ -98,6 +98,27 @@ pub struct RunArgs {
     #[arg(long, value_name = "X", default_value_t = 2.0)]
     pub recovery_rps: f64,
 
+    /// Most symbol/data-type pairs waiting for REST recovery at once; more gaps are counted and
+    /// logged, not queued.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub recovery_max_pending: usize,
+
+    /// REST requests per recovery key that may fail (5xx, timeout, bad body) before it is given up.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub recovery_max_attempts: u32,
+
+    /// Seconds one REST request may take in all (connect, send, read).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub recovery_timeout: f64,
+
+    /// Trades fetched per trade recovery (`limit` of /v1/trades/{symbol}/latest; 100 costs one credit).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub recovery_trades_limit: u32,
+
+    /// Most REST credits recovery may spend per rolling 24 hours [default: no cap].
+    #[arg(long, value_name = "CREDITS")]
+    pub recovery_budget: Option<u64>,
+
     /// Seconds allowed for DNS, TCP, TLS and the WebSocket upgrade together.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub connect_timeout: f64,
@@ -195,6 +216,12 @@ pub struct Config {
     pub queue_capacity: usize,
     pub queue_wait: Duration,
     pub recovery_rps: f64,
+    pub recovery_max_pending: usize,
+    pub recovery_max_attempts: u32,
+    pub recovery_timeout: Duration,
+    pub recovery_trades_limit: u32,
+    /// Credits per rolling 24 h; `None` for no cap.
+    pub recovery_budget: Option<u64>,
     pub connect_timeout: Duration,
     pub stale_timeout: Duration,
     pub backoff_max: Duration,
@@ -289,6 +316,35 @@ impl Config {
                 "CoinAPI rate-limits REST calls; the default is 2",
             ));
         }
+        if args.recovery_max_pending == 0 || args.recovery_max_pending > 1_000_000 {
+            return Err(err(
+                "--recovery-max-pending",
+                format!("must be between 1 and 1000000 (got {})", args.recovery_max_pending),
+                "the default is 4096",
+            ));
+        }
+        if args.recovery_max_attempts == 0 || args.recovery_max_attempts > 100 {
+            return Err(err(
+                "--recovery-max-attempts",
+                format!("must be between 1 and 100 (got {})", args.recovery_max_attempts),
+                "the default is 5",
+            ));
+        }
+        if args.recovery_trades_limit == 0 || args.recovery_trades_limit > 100_000 {
+            return Err(err(
+                "--recovery-trades-limit",
+                format!("must be between 1 and 100000 (got {})", args.recovery_trades_limit),
+                "the default is 100 (one credit)",
+            ));
+        }
+        if args.recovery_budget == Some(0) {
+            return Err(err(
+                "--recovery-budget",
+                "must be at least 1 credit",
+                "omit it for no cap; to turn recovery off use a tiny budget such as 1",
+            ));
+        }
+        let recovery_timeout = seconds("--recovery-timeout", args.recovery_timeout, 0.1, 300.0)?;
         let connect_timeout = seconds("--connect-timeout", args.connect_timeout, 0.1, 300.0)?;
         let stale_timeout = seconds("--stale-timeout", args.stale_timeout, 0.2, 3600.0)?;
         let backoff_max = seconds("--backoff-max", args.backoff_max, 0.1, 3600.0)?;
@@ -316,6 +372,11 @@ impl Config {
             queue_capacity: args.queue_capacity,
             queue_wait: Duration::from_millis(args.queue_wait_ms),
             recovery_rps: args.recovery_rps,
+            recovery_max_pending: args.recovery_max_pending,
+            recovery_max_attempts: args.recovery_max_attempts,
+            recovery_timeout,
+            recovery_trades_limit: args.recovery_trades_limit,
+            recovery_budget: args.recovery_budget,
             connect_timeout,
             stale_timeout,
             backoff_max,

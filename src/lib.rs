@@ -5,9 +5,13 @@
 
 pub mod backoff;
 pub mod config;
+pub mod gaps;
 pub mod pipeline;
 pub mod protocol;
 pub mod reader;
+pub mod recovery;
+pub mod recovery_core;
+pub mod rest;
 pub mod shutdown;
 pub mod sim;
 pub mod stats;

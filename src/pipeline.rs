@@ -1,5 +1,5 @@
-//! Wires the threads together and runs them to the end: one reader, `n_workers` workers and one
-//! writer, all started here inside `std::thread::scope`, all named and all joined. The calling
+//! Wires the threads together and runs them to the end: one reader, `n_workers` workers, one
+//! recovery thread and one writer, all started here inside `std::thread::scope`, all named and all joined. The calling
 //! thread supervises: it prints the health line and enforces the shutdown deadline.
 //!
 //! Shutdown travels by channel disconnection, the same way whatever the cause (Ctrl-C, a
@@ -14,6 +14,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::config::Config;
 use crate::reader::{Reader, ReaderExit};
+use crate::recovery::{Recovery, RecoveryHandle};
+use crate::rest::RestClient;
 use crate::shutdown::Shutdown;
 use crate::stats::{self, Stats};
 use crate::worker::{Worker, WorkerInput};
@@ -48,6 +50,10 @@ pub fn run<W: Write + Send>(config: &Config, shutdown: &Shutdown, stats: &Stats,
     // Clones kept only to read queue depths for the health line.
     let depth_probes: Vec<Receiver<WorkerInput>> = worker_rxs.clone();
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    let recovery_handle = RecoveryHandle::new(config);
+    let recovery_handle = &recovery_handle;
+    let rest = RestClient::new(config);
+    let rest_agent = rest.agent();
 
     let (reader_exit, writer_exit) = thread::scope(|s| {
         let writer = thread::Builder::new()
@@ -63,16 +69,31 @@ pub fn run<W: Write + Send>(config: &Config, shutdown: &Shutdown, stats: &Stats,
             let tx = writer_tx.clone();
             let handle = thread::Builder::new()
                 .name(format!("worker-{id}"))
-                .spawn_scoped(s, move || Worker::new(id, stats).run(rx, tx))
+                .spawn_scoped(s, move || Worker::new(id, stats).with_recovery(recovery_handle).run(rx, tx))
                 .expect("spawning a worker thread");
             workers.push(handle);
         }
+        let recovery = Recovery { handle: recovery_handle, client: rest, lanes: worker_txs.clone(), stats, shutdown };
+        let recovery = thread::Builder::new()
+            .name("recovery".into())
+            .spawn_scoped(s, move || recovery.run())
+            .expect("spawning the recovery thread");
         let reader = thread::Builder::new()
             .name("reader".into())
-            .spawn_scoped(s, move || Reader::new(config, stats, shutdown, worker_txs, writer_tx).run())
+            .spawn_scoped(s, move || {
+                let exit = Reader::new(config, stats, shutdown, worker_txs, writer_tx).run();
+                // Whatever ended the reader ends the run: the recovery thread must let go of the
+                // workers' channels too.
+                shutdown.request();
+                exit
+            })
             .expect("spawning the reader thread");
 
-        supervise(config, stats, shutdown, &done_rx, &depth_probes, started);
+        supervise(config, stats, shutdown, &done_rx, &depth_probes, started, rest_agent);
+
+        if recovery.join().is_err() {
+            log::error!("the recovery thread panicked");
+        }
 
         let reader_exit = reader.join().unwrap_or_else(|_| ReaderExit::Fatal("the reader thread panicked".into()));
         for w in workers {
@@ -100,7 +121,9 @@ fn supervise(
     done: &Receiver<()>,
     depth_probes: &[Receiver<WorkerInput>],
     started: Instant,
+    rest_agent: ureq::Agent,
 ) {
+    let mut rest_agent = Some(rest_agent);
     let mut prev = stats.snapshot();
     let mut prev_at = started;
     let mut stop_deadline: Option<Instant> = None;
@@ -114,6 +137,10 @@ fn supervise(
             None if shutdown.is_requested() => {
                 stop_deadline = Some(now + config.shutdown_timeout);
                 log::info!("stopping: closing the connection and writing what is queued");
+                // Interrupts a REST request in flight so it cannot hold the stop up.
+                if let Some(agent) = rest_agent.take() {
+                    agent.shutdown();
+                }
             }
             Some(deadline) if now >= deadline => {
                 // A thread is stuck (typically stdout blocked by a reader that stopped reading):

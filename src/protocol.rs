@@ -224,6 +224,45 @@ pub fn append_line(out: &mut Vec<u8>, frame: &[u8], recv_time: &str, source: Sou
     out.extend_from_slice(b"\"}\n");
 }
 
+/// Appends one NDJSON line for a record recovered over REST. REST records carry no `type` (and
+/// OHLCV records no `symbol_id`): both are added in front when absent, plus
+/// `"is_snapshot":true` for order books, so a consumer handles them like stream messages. The
+/// record's own fields follow verbatim (numbers byte-identical), then `recv_time` and
+/// `"source":"rest"`. `record` must be a JSON object (as `RawValue` guarantees).
+pub fn append_rest_line(out: &mut Vec<u8>, record: &[u8], data_type: DataType, symbol_id: &str, recv_time: &str) {
+    let trimmed = record.trim_ascii();
+    debug_assert!(trimmed.first() == Some(&b'{') && trimmed.last() == Some(&b'}'));
+    let inner = trimmed[1..trimmed.len() - 1].trim_ascii();
+    out.push(b'{');
+    let mut empty = true;
+    let mut field = |out: &mut Vec<u8>, text: &str| {
+        if !empty {
+            out.push(b',');
+        }
+        out.extend_from_slice(text.as_bytes());
+        empty = false;
+    };
+    if scan_field(trimmed, b"type").is_none() {
+        field(out, &format!("\"type\":\"{}\"", data_type.as_str()));
+    }
+    if scan_field(trimmed, b"symbol_id").is_none() {
+        let quoted = serde_json::to_string(symbol_id).unwrap_or_else(|_| "\"\"".to_string());
+        field(out, &format!("\"symbol_id\":{quoted}"));
+    }
+    let is_book =
+        matches!(data_type, DataType::Book | DataType::Book5 | DataType::Book20 | DataType::Book50 | DataType::BookL3);
+    if is_book && memchr::memmem::find(trimmed, b"\"is_snapshot\"").is_none() {
+        field(out, "\"is_snapshot\":true");
+    }
+    if !inner.is_empty() {
+        field(out, "");
+        minify_into(out, inner);
+    }
+    out.extend_from_slice(b",\"recv_time\":\"");
+    out.extend_from_slice(recv_time.as_bytes());
+    out.extend_from_slice(b"\",\"source\":\"rest\"}\n");
+}
+
 /// Copies JSON text dropping insignificant whitespace (outside strings); escapes are kept
 /// verbatim. The output is the same JSON value, still on one line (a raw newline can only occur
 /// outside strings in valid JSON).
@@ -394,6 +433,35 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&got).expect("valid json");
         assert_eq!(v["symbol_id"], "A B\" \n");
         assert_eq!(line("{}"), "{\"recv_time\":\"2026-11-28T06:44:26.1234567Z\",\"source\":\"ws\"}\n");
+    }
+
+    #[test]
+    fn rest_records_get_type_and_symbol_and_keep_their_numbers() {
+        let check = |record: &str, dt: DataType, want: &str| {
+            let mut out = Vec::new();
+            append_rest_line(&mut out, record.as_bytes(), dt, "BITSTAMP_SPOT_BTC_USD", "T");
+            assert_eq!(String::from_utf8(out).expect("utf8"), want, "{record}");
+        };
+        check(
+            r#"{"symbol_id":"BITSTAMP_SPOT_BTC_USD","uuid":"a","price":0.0189885151556305438646080756}"#,
+            DataType::Trade,
+            "{\"type\":\"trade\",\"symbol_id\":\"BITSTAMP_SPOT_BTC_USD\",\"uuid\":\"a\",\"price\":0.0189885151556305438646080756,\"recv_time\":\"T\",\"source\":\"rest\"}\n",
+        );
+        check(
+            r#"{ "time_period_start": "x", "price_close" : 770.000000000 }"#,
+            DataType::Ohlcv,
+            "{\"type\":\"ohlcv\",\"symbol_id\":\"BITSTAMP_SPOT_BTC_USD\",\"time_period_start\":\"x\",\"price_close\":770.000000000,\"recv_time\":\"T\",\"source\":\"rest\"}\n",
+        );
+        check(
+            r#"{"symbol_id":"S","asks":[{"price":1e-8,"size":2}],"bids":[]}"#,
+            DataType::Book20,
+            "{\"type\":\"book20\",\"is_snapshot\":true,\"symbol_id\":\"S\",\"asks\":[{\"price\":1e-8,\"size\":2}],\"bids\":[],\"recv_time\":\"T\",\"source\":\"rest\"}\n",
+        );
+        check(
+            "{}",
+            DataType::Quote,
+            "{\"type\":\"quote\",\"symbol_id\":\"BITSTAMP_SPOT_BTC_USD\",\"recv_time\":\"T\",\"source\":\"rest\"}\n",
+        );
     }
 
     #[test]

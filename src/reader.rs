@@ -175,6 +175,12 @@ impl<'a> Reader<'a> {
             self.backoff.on_connected(Instant::now());
             log::info!("connected to {} (generation {generation})", self.config.ws.url);
             self.connection_line("connected", "");
+            // Tell every worker at once (not at its next frame) that sequences start over, so
+            // the streams of the old connection are queued for recovery promptly. Best effort:
+            // a worker also notices the new generation on its next frame.
+            for lane in &self.lanes {
+                let _ = lane.tx.send_timeout(WorkerInput::Connected { generation }, self.config.queue_wait);
+            }
             let end = self.session(ws);
             match end {
                 SessionEnd::Stop => {
@@ -382,9 +388,13 @@ impl<'a> Reader<'a> {
                 self.stats.note_queue_depth(lane.tx.len());
                 true
             }
-            Err(SendTimeoutError::Timeout(WorkerInput::Frame(frame))) => {
+            Err(SendTimeoutError::Timeout(input)) => {
                 lane.shedding = true;
-                let symbol = protocol::scan_field(frame.text.as_bytes(), b"symbol_id").unwrap_or(b"");
+                let text = match &input {
+                    WorkerInput::Frame(frame) => frame.text.as_bytes(),
+                    _ => b"",
+                };
+                let symbol = protocol::scan_field(text, b"symbol_id").unwrap_or(b"");
                 self.stats.record_drop(symbol);
                 self.stats.note_queue_depth(self.config.queue_capacity);
                 let now = Instant::now();

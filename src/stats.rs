@@ -3,11 +3,12 @@
 //! Counters are relaxed atomics written on the hot path and read only for reports. The
 //! accounting identity the tests check: every data frame the reader received is either dropped
 //! by the reader (full channel), or decoded by a worker into exactly one of written, malformed or
-//! unknown type: `received = dropped + written + malformed + unknown` once the pipeline drained.
+//! unknown type or duplicate trade:
+//! `received = dropped + written + malformed + unknown_type + duplicate_trades` once drained.
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -15,7 +16,7 @@ use parking_lot::Mutex;
 /// Distinct symbols tracked for per-symbol drop counts; more are summed under `(other)`.
 const DROP_SYMBOLS_MAX: usize = 1_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Data frames (not heartbeats, not error/reconnect notices) read from the socket.
     pub received: AtomicU64,
@@ -38,7 +39,64 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     /// Highest depth any worker channel reached, sampled by the reader after each send.
     pub max_queue_depth: AtomicU64,
+    /// Trades not written because their uuid was already written (exchange duplicates, or REST
+    /// records overlapping the stream).
+    pub duplicate_trades: AtomicU64,
+    /// Sequence jumps detected (one per gap line with reason `sequence`).
+    pub gaps: AtomicU64,
+    /// Streams that were live when their connection ended (gap lines with reason `reconnect`).
+    pub reconnect_gaps: AtomicU64,
+    /// Messages repeating the previous sequence, and steps backwards.
+    pub sequence_repeats: AtomicU64,
+    pub sequence_regressions: AtomicU64,
+    /// Gaps not queued for recovery because `--recovery-max-pending` keys were already pending.
+    pub recovery_overflow: AtomicU64,
+    /// Recovery keys pending (gauge, set by the recovery thread).
+    pub recovery_pending: AtomicU64,
+    pub recovery_requests: AtomicU64,
+    /// Keys recovered (`recovery` lines with status ok) and given up (status failed).
+    pub recovery_ok: AtomicU64,
+    pub recovery_failed: AtomicU64,
+    /// REST answers 429.
+    pub recovery_rate_limited: AtomicU64,
+    /// REST records written to stdout.
+    pub recovered_written: AtomicU64,
+    /// Last `X-RateLimit-Remaining` seen (`i64::MIN`: never).
+    pub rate_limit_remaining: AtomicI64,
     drops_by_symbol: Mutex<HashMap<Box<str>, u64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            received: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            unknown_type: AtomicU64::new(0),
+            heartbeats: AtomicU64::new(0),
+            control_lines: AtomicU64::new(0),
+            control_lines_lost: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            max_queue_depth: AtomicU64::new(0),
+            duplicate_trades: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            reconnect_gaps: AtomicU64::new(0),
+            sequence_repeats: AtomicU64::new(0),
+            sequence_regressions: AtomicU64::new(0),
+            recovery_overflow: AtomicU64::new(0),
+            recovery_pending: AtomicU64::new(0),
+            recovery_requests: AtomicU64::new(0),
+            recovery_ok: AtomicU64::new(0),
+            recovery_failed: AtomicU64::new(0),
+            recovery_rate_limited: AtomicU64::new(0),
+            recovered_written: AtomicU64::new(0),
+            rate_limit_remaining: AtomicI64::new(i64::MIN),
+            drops_by_symbol: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 /// A copy of the counters at one moment.
@@ -56,6 +114,20 @@ pub struct Snapshot {
     pub connections: u64,
     pub reconnects: u64,
     pub max_queue_depth: u64,
+    pub duplicate_trades: u64,
+    pub gaps: u64,
+    pub reconnect_gaps: u64,
+    pub sequence_repeats: u64,
+    pub sequence_regressions: u64,
+    pub recovery_overflow: u64,
+    pub recovery_pending: u64,
+    pub recovery_requests: u64,
+    pub recovery_ok: u64,
+    pub recovery_failed: u64,
+    pub recovery_rate_limited: u64,
+    pub recovered_written: u64,
+    /// `None` until CoinAPI sent `X-RateLimit-Remaining`.
+    pub rate_limit_remaining: Option<i64>,
 }
 
 impl Stats {
@@ -103,6 +175,19 @@ impl Stats {
             connections: g(&self.connections),
             reconnects: g(&self.reconnects),
             max_queue_depth: g(&self.max_queue_depth),
+            duplicate_trades: g(&self.duplicate_trades),
+            gaps: g(&self.gaps),
+            reconnect_gaps: g(&self.reconnect_gaps),
+            sequence_repeats: g(&self.sequence_repeats),
+            sequence_regressions: g(&self.sequence_regressions),
+            recovery_overflow: g(&self.recovery_overflow),
+            recovery_pending: g(&self.recovery_pending),
+            recovery_requests: g(&self.recovery_requests),
+            recovery_ok: g(&self.recovery_ok),
+            recovery_failed: g(&self.recovery_failed),
+            recovery_rate_limited: g(&self.recovery_rate_limited),
+            recovered_written: g(&self.recovered_written),
+            rate_limit_remaining: Some(self.rate_limit_remaining.load(Ordering::Relaxed)).filter(|v| *v != i64::MIN),
         }
     }
 }
@@ -161,9 +246,34 @@ pub fn summary_line(now: &Snapshot, uptime: Duration, top_drops: &[(String, u64)
 fn push_counts(s: &mut String, n: &Snapshot) {
     let _ = write!(
         s,
-        "received={} written={} dropped={} malformed={} unknown_type={} heartbeats={} connections={} reconnects={}",
-        n.received, n.written, n.dropped, n.malformed, n.unknown_type, n.heartbeats, n.connections, n.reconnects
+        "received={} written={} dropped={} malformed={} unknown_type={} duplicate_trades={} heartbeats={} \
+         connections={} reconnects={} gaps={} reconnect_gaps={} sequence_repeats={} sequence_regressions={} \
+         recovery_pending={} recovery_requests={} recovery_ok={} recovery_failed={} recovery_overflow={} \
+         recovery_rate_limited={} recovered_written={}",
+        n.received,
+        n.written,
+        n.dropped,
+        n.malformed,
+        n.unknown_type,
+        n.duplicate_trades,
+        n.heartbeats,
+        n.connections,
+        n.reconnects,
+        n.gaps,
+        n.reconnect_gaps,
+        n.sequence_repeats,
+        n.sequence_regressions,
+        n.recovery_pending,
+        n.recovery_requests,
+        n.recovery_ok,
+        n.recovery_failed,
+        n.recovery_overflow,
+        n.recovery_rate_limited,
+        n.recovered_written
     );
+    if let Some(r) = n.rate_limit_remaining {
+        let _ = write!(s, " rate_limit_remaining={r}");
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +299,7 @@ mod tests {
         let now = Snapshot { received: 30, dropped: 2, written: 27, malformed: 1, ..Snapshot::default() };
         let h = health_line(&now, &Snapshot::default(), Duration::from_secs(10), &[3, 0], 500);
         assert!(h.starts_with("health: rate_msg_s=3 received=30 written=27 dropped=2 malformed=1"), "{h}");
+        assert!(h.contains("recovery_pending=0") && !h.contains("rate_limit_remaining"), "{h}");
         assert!(h.contains("queues=[3/500,0/500]"), "{h}");
         let s = summary_line(&now, Duration::from_millis(1500), &[("X".to_string(), 2)]);
         assert!(s.contains("uptime_s=1.5") && s.contains("dropped_by_symbol=X:2"), "{s}");

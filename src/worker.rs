@@ -6,13 +6,28 @@
 //! from socket to stdout. Per-symbol state (sequence tracking, books) belongs here for the same
 //! reason. Lines are gathered into batches for the writer; a batch is sent when it is large or
 //! when the input channel is momentarily empty, so latency stays low at low rates.
+//!
+//! Per symbol the worker tracks `sequence` per (connection generation, type) and writes a `gap`
+//! control line for every jump (and for every stream that was live when a connection ended),
+//! handing the key to the recovery thread; recovered REST records come back through the same
+//! worker and are written in order with the stream. Trades are de-duplicated by uuid with a
+//! bounded memory per symbol.
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
-use crate::protocol::{self, Reject, Source, TimestampFormatter};
+use crate::gaps::{SeqOutcome, SequenceTracker, TradeDedup, DEFAULT_MAX_STREAMS};
+use crate::protocol::{self, DataType, Reject, Source, TimestampFormatter};
+use crate::recovery::RecoveryHandle;
+use crate::recovery_core::RecoveryKey;
 use crate::stats::Stats;
 use crate::writer::{Batch, BATCH_BYTES};
+
+/// Trade uuids remembered per symbol: more than one REST `latest` page (100) plus the stream's
+/// recent duplicates. With `TRADE_SYMBOLS_MAX` this bounds the memory to ~25 MiB per worker.
+const TRADE_UUIDS_PER_SYMBOL: usize = 256;
+const TRADE_SYMBOLS_MAX: usize = 2_000;
 
 /// Malformed frames logged at `warn` per worker before the rest go to `debug` (all are counted).
 const MALFORMED_WARNINGS_MAX: u64 = 5;
@@ -31,26 +46,70 @@ pub struct Frame {
 #[derive(Debug)]
 pub enum WorkerInput {
     Frame(Frame),
+    /// The reader opened connection `generation`: sequences start over, and every stream that
+    /// was live on the previous connection has a gap.
+    Connected {
+        generation: u64,
+    },
+    Recovery(RecoveryResult),
+}
+
+/// What the recovery thread did for one key.
+#[derive(Debug)]
+pub enum RecoveryResult {
+    /// Records fetched over REST (oldest first; empty when CoinAPI had no data).
+    Recovered {
+        key: RecoveryKey,
+        records: Vec<Box<RawValue>>,
+        recv_unix_ns: i128,
+    },
+    Failed {
+        key: RecoveryKey,
+        attempts: u32,
+        error: String,
+    },
+}
+
+impl RecoveryResult {
+    pub fn key(&self) -> &RecoveryKey {
+        match self {
+            RecoveryResult::Recovered { key, .. } | RecoveryResult::Failed { key, .. } => key,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Worker<'a> {
     pub id: usize,
     stats: &'a Stats,
+    recovery: Option<&'a RecoveryHandle>,
     timestamps: TimestampFormatter,
     batch: Batch,
     warnings: u64,
+    generation: u64,
+    sequences: SequenceTracker,
+    trades: TradeDedup,
 }
 
 impl<'a> Worker<'a> {
+    /// A worker with no recovery thread (gaps are reported, not recovered): benches and tests.
     pub fn new(id: usize, stats: &'a Stats) -> Worker<'a> {
         Worker {
             id,
             stats,
+            recovery: None,
             timestamps: TimestampFormatter::default(),
             batch: Batch::with_capacity(BATCH_BYTES * 2),
             warnings: 0,
+            generation: 0,
+            sequences: SequenceTracker::new(DEFAULT_MAX_STREAMS),
+            trades: TradeDedup::new(TRADE_UUIDS_PER_SYMBOL, TRADE_SYMBOLS_MAX),
         }
+    }
+
+    pub fn with_recovery(mut self, recovery: &'a RecoveryHandle) -> Worker<'a> {
+        self.recovery = Some(recovery);
+        self
     }
 
     /// Runs until the reader is gone and the input is drained, then hands over the last batch.
@@ -81,26 +140,133 @@ impl<'a> Worker<'a> {
     pub fn handle(&mut self, input: WorkerInput) {
         match input {
             WorkerInput::Frame(frame) => self.handle_frame(&frame),
+            WorkerInput::Connected { generation } => self.start_generation(generation),
+            WorkerInput::Recovery(result) => self.handle_recovery(result),
         }
     }
 
     fn handle_frame(&mut self, frame: &Frame) {
         let bytes = frame.text.as_bytes();
-        match protocol::decode(bytes) {
-            Ok(_decoded) => {
-                let recv_time = self.timestamps.format(frame.recv_unix_ns);
-                protocol::append_line(&mut self.batch.bytes, bytes, recv_time, Source::Ws);
-                self.batch.market_lines += 1;
-            }
+        let decoded = match protocol::decode(bytes) {
+            Ok(d) => d,
             Err(Reject::Malformed(why)) => {
                 Stats::add(&self.stats.malformed, 1);
                 self.warn(format_args!("skipped malformed frame ({why}): {}", preview(bytes)));
+                return;
             }
             Err(Reject::UnknownType(t)) => {
                 Stats::add(&self.stats.unknown_type, 1);
                 self.warn(format_args!("skipped message of unknown type {t:?}"));
+                return;
+            }
+        };
+        if frame.generation > self.generation {
+            self.start_generation(frame.generation);
+        }
+        if let (Some(sequence), Some(symbol)) = (decoded.sequence, decoded.symbol_id.as_deref()) {
+            match self.sequences.observe(frame.generation, decoded.data_type, symbol, sequence) {
+                SeqOutcome::Gap { expected, received, missing } => {
+                    Stats::add(&self.stats.gaps, 1);
+                    self.gap(decoded.data_type, symbol, Some((expected, received, missing)), frame.generation);
+                }
+                SeqOutcome::Duplicate { .. } => Stats::add(&self.stats.sequence_repeats, 1),
+                SeqOutcome::Regression { .. } => Stats::add(&self.stats.sequence_regressions, 1),
+                SeqOutcome::First | SeqOutcome::InOrder | SeqOutcome::Stale | SeqOutcome::Untracked => {}
             }
         }
+        if decoded.data_type == DataType::Trade {
+            if let (Some(symbol), Some(uuid)) = (decoded.symbol_id.as_deref(), decoded.uuid.as_deref()) {
+                if !self.trades.insert(symbol, uuid) {
+                    Stats::add(&self.stats.duplicate_trades, 1);
+                    return;
+                }
+            }
+        }
+        let recv_time = self.timestamps.format(frame.recv_unix_ns);
+        protocol::append_line(&mut self.batch.bytes, bytes, recv_time, Source::Ws);
+        self.batch.market_lines += 1;
+    }
+
+    /// A new connection: every stream live on the previous one has a gap of unknown size.
+    fn start_generation(&mut self, generation: u64) {
+        if generation <= self.generation {
+            return;
+        }
+        self.generation = generation;
+        for (data_type, symbol) in self.sequences.start_generation(generation) {
+            Stats::add(&self.stats.reconnect_gaps, 1);
+            self.gap(data_type, &symbol, None, generation);
+        }
+    }
+
+    /// Writes a `gap` control line and queues the stream for recovery. `jump` is
+    /// (expected, received, missing) for a sequence gap, `None` for a reconnect.
+    fn gap(&mut self, data_type: DataType, symbol: &str, jump: Option<(u64, u64, u64)>, generation: u64) {
+        let now = self.timestamps.format(unix_ns()).to_string();
+        let mut line = format!(
+            "{{\"type\":\"gap\",\"data_type\":\"{}\",\"symbol_id\":{}",
+            data_type.as_str(),
+            json_string(symbol)
+        );
+        match jump {
+            Some((expected, received, missing)) => line.push_str(&format!(
+                ",\"expected\":{expected},\"received\":{received},\"missing\":{missing},\"reason\":\"sequence\""
+            )),
+            None => line.push_str(",\"reason\":\"reconnect\""),
+        }
+        line.push_str(&format!(",\"generation\":{generation},\"time\":\"{now}\"}}\n"));
+        self.batch.bytes.extend_from_slice(line.as_bytes());
+        self.batch.control_lines += 1;
+        if let Some(recovery) = self.recovery {
+            recovery.request(RecoveryKey { symbol_id: symbol.to_string(), data_type }, self.stats);
+        }
+    }
+
+    /// Writes recovered records (skipping trades already written) and the `recovery` line.
+    fn handle_recovery(&mut self, result: RecoveryResult) {
+        let now_text;
+        let mut line = match result {
+            RecoveryResult::Recovered { key, records, recv_unix_ns } => {
+                let (mut written, mut duplicates) = (0u64, 0u64);
+                for record in &records {
+                    let text = record.get().as_bytes();
+                    if key.data_type == DataType::Trade {
+                        let uuid = protocol::scan_field(text, b"uuid").and_then(|u| std::str::from_utf8(u).ok());
+                        if let Some(uuid) = uuid {
+                            if !self.trades.insert(&key.symbol_id, uuid) {
+                                duplicates += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    let recv_time = self.timestamps.format(recv_unix_ns);
+                    protocol::append_rest_line(&mut self.batch.bytes, text, key.data_type, &key.symbol_id, recv_time);
+                    written += 1;
+                }
+                self.batch.rest_lines += written;
+                Stats::add(&self.stats.recovery_ok, 1);
+                now_text = self.timestamps.format(unix_ns()).to_string();
+                format!(
+                    "{{\"type\":\"recovery\",\"symbol_id\":{},\"data_type\":\"{}\",\"status\":\"ok\",\"records\":{},\"written\":{written},\"duplicates\":{duplicates}",
+                    json_string(&key.symbol_id),
+                    key.data_type.as_str(),
+                    records.len()
+                )
+            }
+            RecoveryResult::Failed { key, attempts, error } => {
+                Stats::add(&self.stats.recovery_failed, 1);
+                now_text = self.timestamps.format(unix_ns()).to_string();
+                format!(
+                    "{{\"type\":\"recovery\",\"symbol_id\":{},\"data_type\":\"{}\",\"status\":\"failed\",\"attempts\":{attempts},\"error\":{}",
+                    json_string(&key.symbol_id),
+                    key.data_type.as_str(),
+                    json_string(&error)
+                )
+            }
+        };
+        line.push_str(&format!(",\"time\":\"{now_text}\"}}\n"));
+        self.batch.bytes.extend_from_slice(line.as_bytes());
+        self.batch.control_lines += 1;
     }
 
     fn warn(&mut self, msg: std::fmt::Arguments<'_>) {
@@ -128,6 +294,15 @@ impl<'a> Worker<'a> {
     pub fn take_batch(&mut self) -> Batch {
         std::mem::take(&mut self.batch)
     }
+}
+
+fn unix_ns() -> i128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
+}
+
+/// A JSON string literal (quoted and escaped).
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
 
 /// The first bytes of a frame for a log line, lossily decoded.

@@ -21,7 +21,10 @@ pub const BATCH_BYTES: usize = 32 * 1024;
 #[derive(Debug, Default)]
 pub struct Batch {
     pub bytes: Vec<u8>,
+    /// Market-data lines from the WebSocket.
     pub market_lines: u64,
+    /// Market-data lines recovered over REST.
+    pub rest_lines: u64,
     pub control_lines: u64,
 }
 
@@ -66,6 +69,7 @@ pub fn run<W: Write>(rx: Receiver<Batch>, mut out: W, stats: &Stats, shutdown: &
             };
         }
         Stats::add(&stats.written, batch.market_lines);
+        Stats::add(&stats.recovered_written, batch.rest_lines);
         Stats::add(&stats.control_lines, batch.control_lines);
         Stats::add(&stats.bytes_written, batch.bytes.len() as u64);
     }
@@ -95,9 +99,15 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(4);
         let stats = Stats::default();
         let shutdown = Shutdown::new();
-        tx.send(Batch { bytes: b"{\"a\":1}\n{\"b\":2}\n".to_vec(), market_lines: 2, control_lines: 0 }).expect("send");
-        tx.send(Batch { bytes: b"{\"type\":\"connection\"}\n".to_vec(), market_lines: 0, control_lines: 1 })
+        tx.send(Batch { bytes: b"{\"a\":1}\n{\"b\":2}\n".to_vec(), market_lines: 2, rest_lines: 0, control_lines: 0 })
             .expect("send");
+        tx.send(Batch {
+            bytes: b"{\"type\":\"connection\"}\n".to_vec(),
+            market_lines: 0,
+            rest_lines: 0,
+            control_lines: 1,
+        })
+        .expect("send");
         drop(tx);
         let mut out = Vec::new();
         assert_eq!(run(rx, &mut out, &stats, &shutdown), WriterExit::Drained);
@@ -112,7 +122,7 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(4);
         let stats = Stats::default();
         let shutdown = Shutdown::new();
-        tx.send(Batch { bytes: b"{}\n".to_vec(), market_lines: 1, control_lines: 0 }).expect("send");
+        tx.send(Batch { bytes: b"{}\n".to_vec(), market_lines: 1, rest_lines: 0, control_lines: 0 }).expect("send");
         assert_eq!(run(rx, ClosedPipe, &stats, &shutdown), WriterExit::OutputClosed);
         assert!(shutdown.is_requested());
         assert_eq!(stats.snapshot().written, 0, "nothing was written, nothing is counted");

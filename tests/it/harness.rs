@@ -24,8 +24,11 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn push(&self, line: String) {
-        self.lines.lock().push(line);
+    fn push_all(&self, lines: &mut Vec<String>) {
+        if lines.is_empty() {
+            return;
+        }
+        self.lines.lock().append(lines);
         self.changed.notify_all();
     }
 
@@ -59,6 +62,7 @@ fn collect<R: Read + Send + 'static>(
         }
         let mut reader = BufReader::with_capacity(1 << 16, stream);
         let mut buf = Vec::new();
+        let mut pending: Vec<String> = Vec::new();
         loop {
             buf.clear();
             match reader.read_until(b'\n', &mut buf) {
@@ -68,13 +72,19 @@ fn collect<R: Read + Send + 'static>(
                     if complete {
                         buf.pop();
                     }
-                    sink.push(String::from_utf8_lossy(&buf).into_owned());
+                    pending.push(String::from_utf8_lossy(&buf).into_owned());
                     if !complete {
                         sink.closed.lock().1 = true;
+                    }
+                    // Hand over lines in chunks, whenever no more input is buffered, so waiters
+                    // re-check their predicates once per read rather than once per line.
+                    if reader.buffer().is_empty() {
+                        sink.push_all(&mut pending);
                     }
                 }
             }
         }
+        sink.push_all(&mut pending);
         sink.closed.lock().0 = true;
         sink.changed.notify_all();
     })
@@ -223,10 +233,45 @@ pub fn field(kv: &[(String, String)], key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no numeric {key} in {kv:?}"))
 }
 
-/// Market-data lines (not control lines) among `lines`, parsed.
+/// Market-data lines read from the WebSocket (`"source":"ws"`) among `lines`.
 pub fn market_lines(lines: &[String]) -> Vec<&String> {
-    const CONTROL: [&str; 3] = ["\"type\":\"connection\"", "\"type\":\"gap\"", "\"type\":\"recovery\""];
-    lines.iter().filter(|l| !CONTROL.iter().any(|c| l.starts_with(&format!("{{{c}")))).collect()
+    lines.iter().filter(|l| l.ends_with(",\"source\":\"ws\"}")).collect()
+}
+
+/// Records recovered over REST (`"source":"rest"`).
+pub fn rest_lines(lines: &[String]) -> Vec<&String> {
+    lines.iter().filter(|l| l.ends_with(",\"source\":\"rest\"}")).collect()
+}
+
+/// How many control lines of one `type` there are: cheap enough for `wait_until` predicates,
+/// which run on every line read (a slow predicate would slow the consumer and cause drops).
+pub fn count_control(lines: &[String], kind: &str) -> usize {
+    let prefix = format!("{{\"type\":\"{kind}\"");
+    lines.iter().filter(|l| l.starts_with(&prefix)).count()
+}
+
+/// Control lines of one `type` (gap, recovery, connection), parsed.
+pub fn control_lines(lines: &[String], kind: &str) -> Vec<serde_json::Value> {
+    let prefix = format!("{{\"type\":\"{kind}\"");
+    lines
+        .iter()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid control line ({e}): {l}")))
+        .collect()
+}
+
+/// Checks the summary's accounting identity: every message read was written, dropped or
+/// skipped for a counted reason.
+pub fn assert_accounting_closes(kv: &[(String, String)]) {
+    let sum = ["written", "dropped", "malformed", "unknown_type", "duplicate_trades"]
+        .iter()
+        .map(|k| field(kv, k))
+        .sum::<u64>();
+    assert_eq!(
+        field(kv, "received"),
+        sum,
+        "received != written + dropped + malformed + unknown_type + duplicate_trades: {kv:?}"
+    );
 }
 
 /// Splits an output line into the wire text it carries and its `recv_time` value, checking the

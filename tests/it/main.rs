@@ -4,6 +4,7 @@
 mod backpressure;
 mod cli;
 mod delivery;
+mod gaps;
 mod harness;
 mod protocol_faults;
 mod shutdown;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use coinfeed::sim::{Sim, SimConfig};
 
-use crate::harness::{args, bin, field, market_lines, Feed, FeedOptions, KEY};
+use crate::harness::{args, assert_accounting_closes, bin, field, market_lines, Feed, FeedOptions, KEY};
 
 /// Proves a real SIGINT under full load exits 0 within 2 s, the output ends with a complete
 /// line, every line is valid JSON, and everything received was written.
@@ -32,7 +32,7 @@ fn sigint_under_load_exits_0_within_2s_with_complete_output() {
     }
     let s = feed.summary();
     assert_eq!(field(&s, "written"), market_lines(&out).len() as u64);
-    assert_eq!(field(&s, "received"), field(&s, "written") + field(&s, "dropped"));
+    assert_accounting_closes(&s);
     assert_eq!(field(&s, "dropped"), 0, "{s:?}");
 }
 

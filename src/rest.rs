@@ -1,0 +1,210 @@
+//! The blocking REST client used by the recovery thread: one ureq agent with explicit timeouts
+//! and a body-size limit, the request for each recovery key, and the classification of every
+//! answer into a `FetchOutcome` the pure recovery policy understands.
+//!
+//! Records are kept as raw JSON text (`RawValue`), so recovered prices reach stdout exactly as
+//! CoinAPI wrote them, like the WebSocket path.
+
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use crate::config::{ApiKey, Config};
+use crate::protocol::DataType;
+use crate::recovery_core::{FetchOutcome, RecoveryKey};
+
+/// Largest REST body accepted. A `latest` page of 100 trades is ~25 KiB; an order book with all
+/// levels can reach a few MiB.
+pub const BODY_LIMIT_BYTES: u64 = 8 << 20;
+/// Period requested when an `ohlcv` stream has a gap (the stream's own period is not part of
+/// CoinAPI's sequence key).
+pub const OHLCV_PERIOD: &str = "1MIN";
+
+/// One answer, classified, with the records when it was a 200.
+#[derive(Debug)]
+pub struct RestAnswer {
+    pub outcome: FetchOutcome,
+    /// The records, oldest first (CoinAPI's `latest` pages are newest first).
+    pub records: Vec<Box<RawValue>>,
+    /// `X-RateLimit-Remaining` (may be negative) and `X-RateLimit-Request-Cost`, when sent.
+    pub rate_limit_remaining: Option<i64>,
+    pub request_cost: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestClient {
+    agent: ureq::Agent,
+    base: String,
+    key: ApiKey,
+    trades_limit: u32,
+}
+
+impl RestClient {
+    pub fn new(config: &Config) -> RestClient {
+        let timeout = config.recovery_timeout;
+        let mut builder = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
+            .timeout_per_read(Some(timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(concat!("coinfeed/", env!("CARGO_PKG_VERSION")));
+        // A proxy from the environment must not capture loopback traffic (the simulator).
+        if rest_is_loopback(&config.rest_url) {
+            builder = builder.proxy(None);
+        }
+        RestClient {
+            agent: builder.build().new_agent(),
+            base: config.rest_url.clone(),
+            key: config.api_key.clone(),
+            trades_limit: config.recovery_trades_limit,
+        }
+    }
+
+    /// A handle whose `shutdown()` interrupts a request in flight (used on Ctrl-C).
+    pub fn agent(&self) -> ureq::Agent {
+        self.agent.clone()
+    }
+
+    /// The path and query that recovers `key`.
+    pub fn path(&self, key: &RecoveryKey) -> String {
+        let s = encode_path_segment(&key.symbol_id);
+        match key.data_type {
+            DataType::Trade => format!("/v1/trades/{s}/latest?limit={}", self.trades_limit),
+            DataType::Quote => format!("/v1/quotes/{s}/current"),
+            DataType::Ohlcv => format!("/v1/ohlcv/{s}/latest?period_id={OHLCV_PERIOD}&limit=1"),
+            DataType::Book5 => format!("/v1/orderbooks/{s}/current?limit_levels=5"),
+            DataType::Book20 => format!("/v1/orderbooks/{s}/current?limit_levels=20"),
+            DataType::Book50 => format!("/v1/orderbooks/{s}/current?limit_levels=50"),
+            DataType::Book | DataType::BookL3 | DataType::Exrate => format!("/v1/orderbooks/{s}/current"),
+        }
+    }
+
+    pub fn fetch(&self, key: &RecoveryKey) -> RestAnswer {
+        let url = format!("{}{}", self.base, self.path(key));
+        let mut answer = RestAnswer {
+            outcome: FetchOutcome::NoData,
+            records: Vec::new(),
+            rate_limit_remaining: None,
+            request_cost: None,
+        };
+        let mut response = match self
+            .agent
+            .get(&url)
+            .header("X-CoinAPI-Key", self.key.expose())
+            .header("Accept", "application/json")
+            .call()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                answer.outcome = FetchOutcome::Transient(format!("request failed: {e}"));
+                return answer;
+            }
+        };
+        let header =
+            |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string());
+        answer.rate_limit_remaining = header("x-ratelimit-remaining").and_then(|v| v.parse().ok());
+        answer.request_cost = header("x-ratelimit-request-cost").and_then(|v| v.parse().ok());
+        let retry_after = header("retry-after")
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(|v| Duration::from_secs_f64(v.min(86_400.0)));
+        let status = response.status().as_u16();
+        // Every body is read (within the limit) so the connection can return to the pool.
+        let body = response.body_mut().with_config().limit(BODY_LIMIT_BYTES).read_to_vec();
+        answer.outcome = match (status, body) {
+            (200, Ok(body)) => match parse_records(&body) {
+                Ok(mut records) => {
+                    if key.data_type == DataType::Trade {
+                        records.reverse();
+                    }
+                    let n = records.len() as u64;
+                    answer.records = records;
+                    FetchOutcome::Ok { records: n }
+                }
+                Err(e) => FetchOutcome::Transient(format!("undecodable body: {e}")),
+            },
+            (200, Err(e)) => FetchOutcome::Transient(format!("reading the body: {e}")),
+            (550, _) => FetchOutcome::NoData,
+            (429, _) => FetchOutcome::RateLimited { retry_after },
+            (401 | 403, body) => FetchOutcome::Unauthorized(format!(
+                "HTTP {status}{}",
+                body.ok().and_then(|b| error_message(&b)).map(|m| format!(": {m}")).unwrap_or_default()
+            )),
+            (s, body) => FetchOutcome::Transient(format!(
+                "HTTP {s}{}",
+                body.ok().and_then(|b| error_message(&b)).map(|m| format!(": {m}")).unwrap_or_default()
+            )),
+        };
+        answer
+    }
+}
+
+/// A JSON array of records, or one record object.
+fn parse_records(body: &[u8]) -> Result<Vec<Box<RawValue>>, String> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'[') => {
+            let records: Vec<Box<RawValue>> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            if let Some(bad) = records.iter().find(|r| !r.get().starts_with('{')) {
+                return Err(format!("array element is not an object: {}", &bad.get()[..bad.get().len().min(40)]));
+            }
+            Ok(records)
+        }
+        Some(b'{') => Ok(vec![serde_json::from_slice::<Box<RawValue>>(body).map_err(|e| e.to_string())?]),
+        _ => Err("not a JSON object or array".to_string()),
+    }
+}
+
+/// CoinAPI's error body: `{"error": "..."}` (some answers use `message`).
+fn error_message(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let m = v.get("error").or_else(|| v.get("message"))?.as_str()?;
+    Some(m.chars().take(200).collect())
+}
+
+fn rest_is_loopback(url: &str) -> bool {
+    url.parse::<tungstenite::http::Uri>().ok().and_then(|u| u.host().map(crate::config::is_loopback)).unwrap_or(false)
+}
+
+/// Percent-encodes everything but unreserved characters: symbol ids from prefix subscriptions
+/// come from the server and are not validated like the ones typed on the command line.
+fn encode_path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_keep_their_exact_text() {
+        let body = br#"[{"uuid":"a","price":0.0189885151556305438646080756},{"uuid":"b","price":1e-8}]"#;
+        let r = parse_records(body).expect("array");
+        assert_eq!(r[0].get(), r#"{"uuid":"a","price":0.0189885151556305438646080756}"#);
+        assert_eq!(r[1].get(), r#"{"uuid":"b","price":1e-8}"#);
+        assert_eq!(
+            parse_records(br#" {"ask_price":770.000000000}"#).expect("object")[0].get(),
+            r#"{"ask_price":770.000000000}"#
+        );
+        assert!(parse_records(b"<html>").is_err());
+        assert!(parse_records(b"[1,2]").is_err());
+        assert!(parse_records(b"[{\"a\":1}").is_err());
+    }
+
+    #[test]
+    fn error_bodies_and_paths() {
+        assert_eq!(error_message(br#"{"error":"Invalid API key"}"#).as_deref(), Some("Invalid API key"));
+        assert_eq!(error_message(br#"{"message":"nope"}"#).as_deref(), Some("nope"));
+        assert_eq!(encode_path_segment("OKEX_FTS_ETH_USD_190927"), "OKEX_FTS_ETH_USD_190927");
+        assert_eq!(encode_path_segment("A/B C"), "A%2FB%20C");
+    }
+}
