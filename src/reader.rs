@@ -13,11 +13,12 @@
 //! stamps its frames, because CoinAPI sequences are only valid within one connection.
 
 use std::io::ErrorKind;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use tungstenite::client::ClientRequestBuilder;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::WebSocketConfig;
@@ -43,6 +44,11 @@ const CONTROL_WAIT: Duration = Duration::from_millis(100);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames between two reads of the monotonic clock while data flows.
 const CLOCK_EVERY_FRAMES: u32 = 1024;
+/// Longest single TCP connect attempt: bounds how long a stop request can go unnoticed.
+const CONNECT_SLICE: Duration = Duration::from_millis(900);
+/// After a `reconnect` notice, the replacement connection is opened this long before the
+/// server's deadline (or at half the notice, if that is shorter).
+const MOVE_MARGIN: Duration = Duration::from_secs(1);
 /// Minimum time between two "started dropping" warnings for one channel.
 const SHED_WARN_EVERY: Duration = Duration::from_secs(5);
 
@@ -97,6 +103,8 @@ pub struct Reader<'a> {
     rng: fastrand::Rng,
     generation: u64,
     timestamps: TimestampFormatter,
+    /// A DNS lookup that outlived its connect attempt (see `resolve`).
+    dns_in_flight: Option<Receiver<std::io::Result<Vec<SocketAddr>>>>,
 }
 
 impl std::fmt::Debug for Reader<'_> {
@@ -130,6 +138,7 @@ impl<'a> Reader<'a> {
             rng: fastrand::Rng::new(),
             generation: 0,
             timestamps: TimestampFormatter::default(),
+            dns_in_flight: None,
         }
     }
 
@@ -211,22 +220,33 @@ impl<'a> Reader<'a> {
         let cfg = self.config;
         let deadline = Instant::now() + cfg.connect_timeout;
         let remaining = || deadline.saturating_duration_since(Instant::now());
-        let addrs = (cfg.ws.host.as_str(), cfg.ws.port)
-            .to_socket_addrs()
-            .map_err(|e| ConnectError::Retry(format!("cannot resolve {}: {e}", cfg.ws.host)))?;
+        let addrs = self.resolve(deadline)?;
         let mut last_error = format!("{} resolved to no address", cfg.ws.host);
         let mut tcp = None;
-        for addr in addrs {
-            let left = remaining();
-            if left.is_zero() {
-                break;
-            }
-            match TcpStream::connect_timeout(&addr, left) {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
+        'addrs: for addr in addrs {
+            // Connect in slices so a stop request is noticed within one slice; each slice is
+            // far longer than any real round trip to CoinAPI.
+            loop {
+                let left = remaining();
+                if left.is_zero() {
+                    last_error = format!("tcp connect to {addr}: no answer within the connect timeout");
+                    break 'addrs;
                 }
-                Err(e) => last_error = format!("tcp connect to {addr}: {e}"),
+                match TcpStream::connect_timeout(&addr, left.min(CONNECT_SLICE)) {
+                    Ok(s) => {
+                        tcp = Some(s);
+                        break 'addrs;
+                    }
+                    Err(e) if e.kind() == ErrorKind::TimedOut => {
+                        if self.shutdown.is_requested() {
+                            return Err(ConnectError::Stopped);
+                        }
+                    }
+                    Err(e) => {
+                        last_error = format!("tcp connect to {addr}: {e}");
+                        break;
+                    }
+                }
             }
         }
         let tcp = tcp.ok_or(ConnectError::Retry(last_error))?;
@@ -270,14 +290,77 @@ impl<'a> Reader<'a> {
         Ok(ws)
     }
 
+    /// Resolves the host within the connect deadline. `getaddrinfo` cannot be interrupted, so
+    /// it runs on a short-lived `dns` thread; at most one exists at a time (a lookup still
+    /// running from an earlier attempt is waited for instead of starting another), and it ends
+    /// by itself when the lookup returns. The one thread not joined, by necessity.
+    fn resolve(&mut self, deadline: Instant) -> Result<Vec<SocketAddr>, ConnectError> {
+        let host = &self.config.ws.host;
+        let port = self.config.ws.port;
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let rx = match self.dns_in_flight.take() {
+            Some(rx) => rx,
+            None => {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let name = host.clone();
+                thread::Builder::new()
+                    .name("dns".into())
+                    .spawn(move || {
+                        let _ = tx.send((name.as_str(), port).to_socket_addrs().map(|a| a.collect::<Vec<_>>()));
+                    })
+                    .map_err(|e| ConnectError::Retry(format!("cannot start a DNS lookup: {e}")))?;
+                rx
+            }
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(READ_TICK)) {
+                Ok(Ok(addrs)) => return Ok(addrs),
+                Ok(Err(e)) => return Err(ConnectError::Retry(format!("cannot resolve {host}: {e}"))),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(ConnectError::Retry(format!("cannot resolve {host}: lookup failed")))
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.shutdown.is_requested() {
+                        self.dns_in_flight = Some(rx);
+                        return Err(ConnectError::Stopped);
+                    }
+                    if left.is_zero() {
+                        self.dns_in_flight = Some(rx);
+                        return Err(ConnectError::Retry(format!(
+                            "DNS lookup of {host} took longer than the connect timeout"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
     /// Reads one connection until it ends.
-    fn session(&mut self, mut ws: Ws) -> SessionEnd {
+    fn session(&mut self, ws: Ws) -> SessionEnd {
+        // Set by a `reconnect` notice: keep reading this connection until then (or until the
+        // server closes it), then move without a backoff penalty.
+        let mut move_by: Option<Instant> = None;
+        match (self.read_connection(ws, &mut move_by), move_by) {
+            (SessionEnd::Retry(why), Some(_)) => SessionEnd::Moved(format!("{why} after a reconnect notice")),
+            (end, _) => end,
+        }
+    }
+
+    fn read_connection(&mut self, mut ws: Ws, move_by: &mut Option<Instant>) -> SessionEnd {
         let mut last_activity = Instant::now();
         let mut active = false;
         let mut frames_since_clock: u32 = 0;
         loop {
             if self.shutdown.is_requested() {
                 return self.close(ws, SessionEnd::Stop);
+            }
+            if let Some(deadline) = *move_by {
+                if Instant::now() >= deadline {
+                    return self.close(ws, SessionEnd::Moved("moving before the server's reconnect deadline".into()));
+                }
             }
             match ws.read() {
                 Ok(Message::Text(text)) => {
@@ -295,8 +378,14 @@ impl<'a> Reader<'a> {
                             return self.close(ws, end);
                         }
                         FrameKind::Reconnect => {
-                            let why = format!("server asked to reconnect: {}", text.as_str());
-                            return self.close(ws, SessionEnd::Moved(why));
+                            let within = reconnect_within(text.as_bytes());
+                            let lead = within.saturating_sub(MOVE_MARGIN).max(within / 2);
+                            log::info!(
+                                "CoinAPI will move this connection within {:.0}s: switching in {:.1}s",
+                                within.as_secs_f64(),
+                                lead.as_secs_f64()
+                            );
+                            *move_by = Some(Instant::now() + lead);
                         }
                     }
                 }
@@ -459,6 +548,16 @@ impl<'a> Reader<'a> {
             Stats::add(&self.stats.control_lines_lost, 1);
         }
     }
+}
+
+/// `within_seconds` of a `reconnect` notice (CoinAPI's default of 10 s when missing or odd).
+fn reconnect_within(frame: &[u8]) -> Duration {
+    serde_json::from_slice::<serde_json::Value>(frame)
+        .ok()
+        .and_then(|v| v.get("within_seconds").and_then(serde_json::Value::as_f64))
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+        .unwrap_or(Duration::from_secs(10))
 }
 
 fn is_tick(e: &std::io::Error) -> bool {

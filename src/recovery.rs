@@ -181,6 +181,9 @@ impl Recovery<'_> {
         if let Some(r) = answer.rate_limit_remaining {
             self.stats.rate_limit_remaining.store(r, std::sync::atomic::Ordering::Relaxed);
         }
+        if let Some(c) = answer.request_cost {
+            self.stats.rate_limit_request_cost.store(c, std::sync::atomic::Ordering::Relaxed);
+        }
         if self.shutdown.is_requested() {
             // The answer may be an interruption caused by the stop itself: do not judge the key.
             return;
@@ -188,6 +191,9 @@ impl Recovery<'_> {
         match &answer.outcome {
             FetchOutcome::RateLimited { retry_after } => {
                 Stats::add(&self.stats.recovery_rate_limited, 1);
+                self.stats
+                    .last_429_unix_s
+                    .store((unix_ns() / 1_000_000_000) as u64, std::sync::atomic::Ordering::Relaxed);
                 log::warn!(
                     "CoinAPI rate limit (HTTP 429) on {} {}: pausing REST recovery {}",
                     key.symbol_id,

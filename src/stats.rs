@@ -63,6 +63,12 @@ pub struct Stats {
     pub recovered_written: AtomicU64,
     /// Last `X-RateLimit-Remaining` seen (`i64::MIN`: never).
     pub rate_limit_remaining: AtomicI64,
+    /// Last `X-RateLimit-Request-Cost` seen (`u64::MAX`: never).
+    pub rate_limit_request_cost: AtomicU64,
+    /// When the last 429 arrived, Unix seconds (0: never).
+    pub last_429_unix_s: AtomicU64,
+    /// Symbols that sent data before but none for a minute (gauge; summed over workers).
+    pub silent_symbols: AtomicU64,
     drops_by_symbol: Mutex<HashMap<Box<str>, u64>>,
 }
 
@@ -94,6 +100,9 @@ impl Default for Stats {
             recovery_rate_limited: AtomicU64::new(0),
             recovered_written: AtomicU64::new(0),
             rate_limit_remaining: AtomicI64::new(i64::MIN),
+            rate_limit_request_cost: AtomicU64::new(u64::MAX),
+            last_429_unix_s: AtomicU64::new(0),
+            silent_symbols: AtomicU64::new(0),
             drops_by_symbol: Mutex::new(HashMap::new()),
         }
     }
@@ -128,6 +137,10 @@ pub struct Snapshot {
     pub recovered_written: u64,
     /// `None` until CoinAPI sent `X-RateLimit-Remaining`.
     pub rate_limit_remaining: Option<i64>,
+    pub rate_limit_request_cost: Option<u64>,
+    /// Unix seconds of the last 429, if any.
+    pub last_429_unix_s: Option<u64>,
+    pub silent_symbols: u64,
 }
 
 impl Stats {
@@ -188,6 +201,9 @@ impl Stats {
             recovery_rate_limited: g(&self.recovery_rate_limited),
             recovered_written: g(&self.recovered_written),
             rate_limit_remaining: Some(self.rate_limit_remaining.load(Ordering::Relaxed)).filter(|v| *v != i64::MIN),
+            rate_limit_request_cost: Some(g(&self.rate_limit_request_cost)).filter(|v| *v != u64::MAX),
+            last_429_unix_s: Some(g(&self.last_429_unix_s)).filter(|v| *v != 0),
+            silent_symbols: g(&self.silent_symbols),
         }
     }
 }
@@ -213,7 +229,7 @@ pub fn health_line(now: &Snapshot, prev: &Snapshot, elapsed: Duration, depths: &
     for (i, d) in depths.iter().enumerate() {
         let _ = write!(s, "{}{d}/{capacity}", if i > 0 { "," } else { "" });
     }
-    let _ = write!(s, "] max_queue_depth={}", now.max_queue_depth);
+    let _ = write!(s, "] max_queue_depth={} silent_symbols={}", now.max_queue_depth, now.silent_symbols);
     if let Some((rss, _)) = memory_kib() {
         let _ = write!(s, " rss_kib={rss}");
     }
@@ -273,6 +289,12 @@ fn push_counts(s: &mut String, n: &Snapshot) {
     );
     if let Some(r) = n.rate_limit_remaining {
         let _ = write!(s, " rate_limit_remaining={r}");
+    }
+    if let Some(c) = n.rate_limit_request_cost {
+        let _ = write!(s, " rate_limit_request_cost={c}");
+    }
+    if let Some(t) = n.last_429_unix_s {
+        let _ = write!(s, " last_429_unix_s={t}");
     }
 }
 

@@ -13,7 +13,9 @@
 //! worker and are written in order with the stream. Trades are de-duplicated by uuid with a
 //! bounded memory per symbol.
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::collections::HashMap;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
@@ -28,6 +30,13 @@ use crate::writer::{Batch, BATCH_BYTES};
 /// recent duplicates. With `TRADE_SYMBOLS_MAX` this bounds the memory to ~25 MiB per worker.
 const TRADE_UUIDS_PER_SYMBOL: usize = 256;
 const TRADE_SYMBOLS_MAX: usize = 2_000;
+/// A symbol with no data for this long counts as silent in the health line. Quiet markets are
+/// normal, so silence is only reported, never a reason to reconnect.
+pub const SILENCE_NS: i128 = 60_000_000_000;
+/// How often an idle worker re-counts its silent symbols.
+const SILENCE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// Symbols whose last data time a worker remembers (bounded like every per-symbol map).
+const SILENCE_SYMBOLS_MAX: usize = 10_000;
 
 /// Malformed frames logged at `warn` per worker before the rest go to `debug` (all are counted).
 const MALFORMED_WARNINGS_MAX: u64 = 5;
@@ -89,6 +98,11 @@ pub struct Worker<'a> {
     generation: u64,
     sequences: SequenceTracker,
     trades: TradeDedup,
+    /// Receive time of each symbol's last data message, for the silence count.
+    last_data_ns: HashMap<Box<str>, i128>,
+    /// This worker's share of `Stats::silent_symbols`, last published.
+    silent: u64,
+    last_silence_check_ns: i128,
 }
 
 impl<'a> Worker<'a> {
@@ -104,6 +118,9 @@ impl<'a> Worker<'a> {
             generation: 0,
             sequences: SequenceTracker::new(DEFAULT_MAX_STREAMS),
             trades: TradeDedup::new(TRADE_UUIDS_PER_SYMBOL, TRADE_SYMBOLS_MAX),
+            last_data_ns: HashMap::new(),
+            silent: 0,
+            last_silence_check_ns: 0,
         }
     }
 
@@ -122,9 +139,13 @@ impl<'a> Worker<'a> {
                     if !self.flush(&out) {
                         return;
                     }
-                    match rx.recv() {
+                    match rx.recv_timeout(SILENCE_CHECK) {
                         Ok(input) => input,
-                        Err(_) => break,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.count_silent(unix_ns());
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
                 Err(TryRecvError::Disconnected) => break,
@@ -163,6 +184,19 @@ impl<'a> Worker<'a> {
         if frame.generation > self.generation {
             self.start_generation(frame.generation);
         }
+        if let Some(symbol) = decoded.symbol_id.as_deref() {
+            let room = self.last_data_ns.len() < SILENCE_SYMBOLS_MAX;
+            match self.last_data_ns.get_mut(symbol) {
+                Some(t) => *t = frame.recv_unix_ns,
+                None if room => {
+                    self.last_data_ns.insert(symbol.into(), frame.recv_unix_ns);
+                }
+                None => {}
+            }
+            if frame.recv_unix_ns - self.last_silence_check_ns >= SILENCE_CHECK.as_nanos() as i128 {
+                self.count_silent(frame.recv_unix_ns);
+            }
+        }
         if let (Some(sequence), Some(symbol)) = (decoded.sequence, decoded.symbol_id.as_deref()) {
             match self.sequences.observe(frame.generation, decoded.data_type, symbol, sequence) {
                 SeqOutcome::Gap { expected, received, missing } => {
@@ -185,6 +219,17 @@ impl<'a> Worker<'a> {
         let recv_time = self.timestamps.format(frame.recv_unix_ns);
         protocol::append_line(&mut self.batch.bytes, bytes, recv_time, Source::Ws);
         self.batch.market_lines += 1;
+    }
+
+    /// Re-counts the symbols silent for `SILENCE_NS` and publishes the change.
+    fn count_silent(&mut self, now_ns: i128) {
+        self.last_silence_check_ns = now_ns;
+        let silent = self.last_data_ns.values().filter(|t| now_ns - **t >= SILENCE_NS).count() as u64;
+        if silent != self.silent {
+            let counter = &self.stats.silent_symbols;
+            counter.fetch_add(silent.wrapping_sub(self.silent), std::sync::atomic::Ordering::Relaxed);
+            self.silent = silent;
+        }
     }
 
     /// A new connection: every stream live on the previous one has a gap of unknown size.
@@ -350,6 +395,26 @@ mod tests {
         );
         let s = stats.snapshot();
         assert_eq!((s.malformed, s.unknown_type), (1, 1));
+    }
+
+    #[test]
+    fn symbols_quiet_for_a_minute_are_counted_silent_and_recover() {
+        let stats = Stats::default();
+        let mut w = Worker::new(0, &stats);
+        let at = |ns: i128, sym: &str, seq: u64| {
+            WorkerInput::Frame(Frame {
+                text: Utf8Bytes::from(format!(r#"{{"type":"quote","symbol_id":"{sym}","sequence":{seq}}}"#)),
+                recv_unix_ns: ns,
+                generation: 1,
+            })
+        };
+        let s = 1_000_000_000i128;
+        w.handle(at(0, "A", 1));
+        w.handle(at(0, "B", 1));
+        w.handle(at(61 * s, "B", 2));
+        assert_eq!(stats.snapshot().silent_symbols, 1, "A has been quiet for 61 s");
+        w.handle(at(62 * s, "A", 2));
+        assert_eq!(stats.snapshot().silent_symbols, 0);
     }
 
     #[test]

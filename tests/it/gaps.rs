@@ -257,7 +257,11 @@ fn a_429_with_retry_after_holds_all_requests() {
     let out = feed.stdout.snapshot();
     assert!(control_lines(&out, "recovery").iter().all(|r| r["status"] == "ok"));
     assert!(feed.stderr_text().contains("429"), "the 429 is logged");
-    assert_eq!(field(&feed.summary(), "recovery_rate_limited"), 1);
+    let s = feed.summary();
+    assert_eq!(field(&s, "recovery_rate_limited"), 1);
+    assert!(field(&s, "last_429_unix_s") > 0, "the health line shows the last 429: {s:?}");
+    assert!(s.iter().any(|(k, _)| k == "rate_limit_remaining"), "X-RateLimit-Remaining is reported: {s:?}");
+    assert!(s.iter().any(|(k, _)| k == "rate_limit_request_cost"), "X-RateLimit-Request-Cost is reported: {s:?}");
 }
 
 /// Proves 5xx answers and a server that never answers get bounded retries and a `failed` line,
