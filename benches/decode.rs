@@ -1,5 +1,6 @@
-//! Per-message costs on the hot path: the reader's scan and routing, and the worker's decode +
-//! output-line formatting, per message type, on realistic frames with long decimals.
+//! Per-message costs on the hot path: the reader's scan and routing, the worker's decode +
+//! output-line formatting per message type on realistic frames with long decimals, and the
+//! per-symbol state (sequence tracking, trade de-duplication).
 //! Run: `cargo bench --bench decode` (or `./run.sh bench`). Reports time and bytes per message.
 
 use std::hint::black_box;
@@ -7,7 +8,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tungstenite::Utf8Bytes;
 
-use coinfeed::protocol::{self, Source, TimestampFormatter};
+use coinfeed::gaps::{SequenceTracker, TradeDedup};
+use coinfeed::protocol::{self, DataType, Source, TimestampFormatter};
 use coinfeed::stats::Stats;
 use coinfeed::worker::{Frame, Worker, WorkerInput};
 
@@ -101,5 +103,33 @@ fn reader_side(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode_and_format, reader_side);
+fn per_symbol_state(c: &mut Criterion) {
+    let mut group = c.benchmark_group("per_symbol_state");
+    group.throughput(Throughput::Elements(1));
+    let symbols: Vec<String> = (0..100).map(|i| format!("BINANCE_SPOT_C{i:03}_USDT")).collect();
+    let mut tracker = SequenceTracker::default();
+    let mut sequence = 0u64;
+    let mut i = 0usize;
+    group.bench_function("sequence_observe_in_order_100_symbols", |b| {
+        b.iter(|| {
+            i = (i + 1) % symbols.len();
+            if i == 0 {
+                sequence += 1;
+            }
+            black_box(tracker.observe(1, DataType::Trade, &symbols[i], sequence + 1))
+        })
+    });
+    let uuids: Vec<String> = (0..4096u32).map(|n| format!("770C7A3B-7258-4441-8182-{n:012X}")).collect();
+    let mut dedup = TradeDedup::default();
+    let mut k = 0usize;
+    group.bench_function("trade_uuid_insert", |b| {
+        b.iter(|| {
+            k = (k + 1) % uuids.len();
+            black_box(dedup.insert("BITSTAMP_SPOT_BTC_USD", &uuids[k]))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode_and_format, reader_side, per_symbol_state);
 criterion_main!(benches);

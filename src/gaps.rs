@@ -8,7 +8,10 @@
 //! silently dropped and never a reason to grow.
 
 use std::borrow::{Borrow, Cow};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
+
+// Fx hashing: these maps are looked up per message; keys come from CoinAPI, not an attacker.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet};
 use std::hash::Hash;
 
 use crate::protocol::DataType;
@@ -97,7 +100,7 @@ impl SequenceTracker {
         SequenceTracker {
             max_streams,
             generation: 0,
-            last_seen: HashMap::new(),
+            last_seen: HashMap::default(),
             n_streams: 0,
             reconnected: Vec::new(),
             untracked: 0,
@@ -250,12 +253,12 @@ fn parse_uuid(s: &str) -> Option<u128> {
 #[derive(Debug)]
 struct Fifo<K> {
     order: VecDeque<K>,
-    set: HashSet<K>,
+    set: FxHashSet<K>,
 }
 
 impl<K> Default for Fifo<K> {
     fn default() -> Self {
-        Fifo { order: VecDeque::new(), set: HashSet::new() }
+        Fifo { order: VecDeque::new(), set: FxHashSet::default() }
     }
 }
 
@@ -309,7 +312,7 @@ impl TradeDedup {
     /// `uuids_per_symbol`: FIFO depth of each symbol's memory; `max_symbols`: symbols remembered.
     pub fn new(uuids_per_symbol: usize, max_symbols: usize) -> TradeDedup {
         assert!(uuids_per_symbol > 0 && max_symbols > 0, "trade de-duplication needs room for one uuid");
-        TradeDedup { uuids_per_symbol, max_symbols, symbols: HashMap::new(), untracked: 0 }
+        TradeDedup { uuids_per_symbol, max_symbols, symbols: HashMap::default(), untracked: 0 }
     }
 
     /// True if this trade was not seen recently for `symbol_id` (it is now remembered); false if

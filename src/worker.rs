@@ -13,9 +13,9 @@
 //! worker and are written in order with the stream. Trades are de-duplicated by uuid with a
 //! bounded memory per symbol.
 
-use std::collections::HashMap;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use rustc_hash::FxHashMap;
 use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
@@ -99,7 +99,7 @@ pub struct Worker<'a> {
     sequences: SequenceTracker,
     trades: TradeDedup,
     /// Receive time of each symbol's last data message, for the silence count.
-    last_data_ns: HashMap<Box<str>, i128>,
+    last_data_ns: FxHashMap<Box<str>, i128>,
     /// This worker's share of `Stats::silent_symbols`, last published.
     silent: u64,
     last_silence_check_ns: i128,
@@ -118,7 +118,7 @@ impl<'a> Worker<'a> {
             generation: 0,
             sequences: SequenceTracker::new(DEFAULT_MAX_STREAMS),
             trades: TradeDedup::new(TRADE_UUIDS_PER_SYMBOL, TRADE_SYMBOLS_MAX),
-            last_data_ns: HashMap::new(),
+            last_data_ns: FxHashMap::default(),
             silent: 0,
             last_silence_check_ns: 0,
         }
