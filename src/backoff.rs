@@ -36,7 +36,7 @@ impl Default for BackoffPolicy {
 #[derive(Debug)]
 pub struct Backoff {
     policy: BackoffPolicy,
-    /// Failed attempts since the last reset; 0 means the next attempt goes immediately.
+    /// Attempts since the last reset (0 and 1 go immediately).
     failures: u32,
     connected_at: Option<Instant>,
     attempts: VecDeque<Instant>,
@@ -51,10 +51,12 @@ impl Backoff {
     /// Delay before the next connection attempt, which the caller is about to make at
     /// `now + delay`. Records that attempt.
     pub fn next_attempt(&mut self, now: Instant, rng: &mut fastrand::Rng) -> Duration {
-        let exp = if self.failures == 0 {
+        // The first attempt and the first retry go at once (a connection that simply dropped
+        // is retried immediately); from the second retry on, the delay backs off.
+        let exp = if self.failures <= 1 {
             Duration::ZERO
         } else {
-            let shift = (self.failures - 1).min(20);
+            let shift = (self.failures - 2).min(20);
             let ceiling = self.policy.base.saturating_mul(1u32 << shift).min(self.policy.cap);
             ceiling.mul_f64(rng.f64())
         };
@@ -109,18 +111,23 @@ mod tests {
     }
 
     #[test]
-    fn first_attempt_is_immediate_then_grows_within_the_cap() {
+    fn first_attempt_and_first_retry_are_immediate_then_grow_within_the_cap() {
         let mut rng = fastrand::Rng::with_seed(7);
         let mut b = Backoff::new(policy());
         let mut now = Instant::now();
-        assert_eq!(b.next_attempt(now, &mut rng), Duration::ZERO);
-        for failure in 1..30u32 {
+        assert_eq!(b.next_attempt(now, &mut rng), Duration::ZERO, "first attempt");
+        now += Duration::from_secs(60);
+        assert_eq!(b.next_attempt(now, &mut rng), Duration::ZERO, "first retry");
+        let mut nonzero = 0;
+        for retry in 2..30u32 {
             now += Duration::from_secs(60); // far apart: the window never binds
             let d = b.next_attempt(now, &mut rng);
             let ceiling =
-                Duration::from_millis(500).saturating_mul(1 << (failure - 1).min(20)).min(Duration::from_secs(8));
-            assert!(d <= ceiling, "attempt {failure}: {d:?} > {ceiling:?}");
+                Duration::from_millis(500).saturating_mul(1 << (retry - 2).min(20)).min(Duration::from_secs(8));
+            assert!(d <= ceiling, "retry {retry}: {d:?} > {ceiling:?}");
+            nonzero += usize::from(!d.is_zero());
         }
+        assert!(nonzero > 20, "later retries back off");
     }
 
     #[test]
@@ -131,10 +138,10 @@ mod tests {
             let mut b = Backoff::new(policy());
             let now = Instant::now();
             b.next_attempt(now, &mut rng);
-            for _ in 0..4 {
+            for _ in 0..5 {
                 b.next_attempt(now + Duration::from_secs(100), &mut rng);
             }
-            // the 5th attempt's ceiling is min(8 s, 0.5 s * 2^4) = 8 s
+            // the 6th attempt (5th retry) has the ceiling min(8 s, 0.5 s * 2^4) = 8 s
             delays.push(b.next_attempt(now + Duration::from_secs(200), &mut rng).as_secs_f64());
         }
         let below = delays.iter().filter(|d| **d < 2.0).count();

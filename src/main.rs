@@ -93,8 +93,9 @@ fn run_ingest(args: &coinfeed::config::RunArgs) -> ExitCode {
     }
     match exit {
         PipelineExit::Clean => ExitCode::SUCCESS,
-        PipelineExit::KeyRefused(msg) => {
-            log::error!("exiting: {msg}");
+        PipelineExit::KeyRefused(_) => {
+            // The reader already logged CoinAPI's message; say only what happens now.
+            log::error!("exiting with code {}: fix COINAPI_KEY and start again", exit_code::KEY_REFUSED);
             ExitCode::from(exit_code::KEY_REFUSED)
         }
         PipelineExit::OutputFailed(msg) => {

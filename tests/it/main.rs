@@ -6,5 +6,6 @@ mod cli;
 mod delivery;
 mod gaps;
 mod harness;
+mod lifecycle;
 mod protocol_faults;
 mod shutdown;
