@@ -377,6 +377,20 @@ fn an_invalid_api_key_error_exits_3_after_one_attempt() {
     assert_eq!(mentions.len(), 1, "the server's message should be logged once: {mentions:#?}");
 }
 
+/// Proves an upgrade refused with HTTP 401 (the key is not accepted) ends the process with exit
+/// code 3 after one attempt instead of retrying.
+#[test]
+fn an_upgrade_refused_with_401_exits_3_without_retrying() {
+    let sim = sim(1_000);
+    sim.inject(WsFault::RefuseUpgrade { status: 401, retry_after_ms: None });
+    let mut feed = feed(&sim, &[]);
+    let (status, took) = feed.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(3), "stderr:\n{}", feed.stderr_text());
+    eprintln!("401 on upgrade: exit 3 after {:.3} s", took.as_secs_f64());
+    assert_eq!(sim.events().iter().filter(|e| is_refused(e)).count(), 1, "{:?}", sim.events());
+    assert!(feed.stderr_text().contains("401"), "the status is named:\n{}", feed.stderr_text());
+}
+
 /// Proves the "maximum allowed buffered messages" error frame is explained as reading too
 /// slowly in a warning, and the client reconnects (new hello) and data continues.
 #[test]
