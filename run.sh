@@ -6,7 +6,11 @@
 #                        NDJSON on stdout, logs and health on stderr, until Ctrl-C.
 #                        ARGS are passed to coinfeed (see ./run.sh --help).
 #   ./run.sh test        cargo fmt --check, clippy with -D warnings, and the whole test suite.
-#   ./run.sh bench       criterion micro benches (cargo bench).
+#   ./run.sh bench       criterion micro benches and the end-to-end bench (cargo bench).
+#   ./run.sh soak [--minutes M | --seconds S] [--rate R] [--symbols N] [--slow-reader-us U] [--out DIR]
+#                        soak (or, with --slow-reader-us, overload) run of the release binary
+#                        against the simulator: CSV, RSS chart (SVG) and a summary; exits non-zero
+#                        when memory drifts, messages are dropped or the connection is lost.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -29,7 +33,12 @@ test)
     ;;
 bench)
     shift
-    cargo bench --locked --bench decode "$@"
+    cargo bench --locked --bench decode --bench e2e "$@"
+    ;;
+soak)
+    shift
+    build_release
+    cargo run --release --locked --quiet --example soak -- "$@"
     ;;
 *)
     build_release

@@ -94,6 +94,10 @@ pub fn classify(frame: &[u8]) -> FrameKind {
 /// too, which CoinAPI's flat messages never have; the worker's full decode is the real check.
 /// Returns the raw (still escaped) bytes between the quotes.
 pub fn scan_field<'a>(frame: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    // Fast path: CoinAPI writes `type` first and `symbol_id` second, compactly.
+    if let Some(value) = leading_field(frame, key) {
+        return Some(value);
+    }
     let mut from = 0;
     while let Some(pos) = memchr::memmem::find(&frame[from..], key) {
         let start = from + pos;
@@ -119,6 +123,28 @@ pub fn scan_field<'a>(frame: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     None
 }
 
+/// The value of `key` if it is the first or second field of a compact object whose values
+/// before it are plain strings, e.g. `{"type":"trade","symbol_id":"X",...`. `None` means "not
+/// found this way", not "absent": the caller then scans.
+fn leading_field<'a>(frame: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut rest = frame.strip_prefix(b"{")?;
+    for _ in 0..2 {
+        let after_quote = rest.strip_prefix(b"\"")?;
+        let key_end = memchr::memchr(b'"', after_quote)?;
+        let this_key = &after_quote[..key_end];
+        let value = after_quote[key_end + 1..].strip_prefix(b":\"")?;
+        let value_end = memchr::memchr2(b'"', b'\\', value)?;
+        if value[value_end] != b'"' {
+            return None; // an escape: leave it to the full scan
+        }
+        if this_key == key {
+            return Some(&value[..value_end]);
+        }
+        rest = value[value_end + 1..].strip_prefix(b",")?;
+    }
+    None
+}
+
 fn skip_ws(s: &[u8]) -> &[u8] {
     let n = s.iter().take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')).count();
     &s[n..]
@@ -130,12 +156,53 @@ fn skip_ws(s: &[u8]) -> &[u8] {
 struct Head<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "optional_cow")]
     symbol_id: Option<Cow<'a, str>>,
     #[serde(default)]
     sequence: Option<u64>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "optional_cow")]
     uuid: Option<Cow<'a, str>>,
+}
+
+/// serde's `borrow` does not reach through `Option`: a plain `Option<Cow<str>>` field always
+/// allocates. This borrows when the string has no escapes and owns only when it must.
+fn optional_cow<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or null")
+        }
+        fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_string())))
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_option(OptionalStr(V))
+}
+
+/// Adapts `deserialize_option`: `Some` forwards to a string visit, `None` stays `None`.
+struct OptionalStr<V>(V);
+
+impl<'de, V: serde::de::Visitor<'de, Value = Option<Cow<'de, str>>>> serde::de::Visitor<'de> for OptionalStr<V> {
+    type Value = Option<Cow<'de, str>>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.expecting(f)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self.0)
+    }
 }
 
 /// A validated market-data message.
@@ -158,13 +225,14 @@ pub enum Reject {
     UnknownType(String),
 }
 
-/// Fully validates one text frame.
-pub fn decode(frame: &[u8]) -> Result<Decoded<'_>, Reject> {
+/// Fully validates one text frame. Takes `&str` (WebSocket text frames are valid UTF-8
+/// already), which spares serde_json a second UTF-8 check of every string.
+pub fn decode(frame: &str) -> Result<Decoded<'_>, Reject> {
     // serde's derived struct visitor also accepts a JSON array (fields by position): refuse it.
-    if skip_ws(frame).first() != Some(&b'{') {
+    if skip_ws(frame.as_bytes()).first() != Some(&b'{') {
         return Err(Reject::Malformed("not a JSON object".to_string()));
     }
-    let head: Head<'_> = serde_json::from_slice(frame).map_err(|e| Reject::Malformed(e.to_string()))?;
+    let head: Head<'_> = serde_json::from_str(frame).map_err(|e| Reject::Malformed(e.to_string()))?;
     let Some(data_type) = DataType::parse(&head.kind) else {
         return Err(Reject::UnknownType(head.kind.into_owned()));
     };
@@ -381,13 +449,16 @@ mod tests {
 
     #[test]
     fn decode_validates_what_the_pipeline_relies_on() {
-        let ok = decode(TRADE.as_bytes()).expect("valid trade");
+        let ok = decode(TRADE).expect("valid trade");
         assert_eq!(ok.data_type, DataType::Trade);
         assert_eq!(ok.symbol_id.as_deref(), Some("BITSTAMP_SPOT_BTC_USD"));
         assert_eq!(ok.sequence, Some(2_323_346));
         assert_eq!(ok.uuid.as_deref(), Some("770C7A3B-7258-4441-8182-83740F3E2457"));
+        let escaped = decode(r#"{"type":"quote","symbol_id":"A\u0042","sequence":1}"#).expect("escapes are fine");
+        assert_eq!(escaped.symbol_id.as_deref(), Some("AB"));
+        assert!(matches!(ok.symbol_id, Some(Cow::Borrowed(_))), "no allocation for a plain symbol");
         let exrate = r#"{"type":"exrate","asset_id_base":"BTC","asset_id_quote":"USD","rate_type":"BASE_ALL_CURRENT","time":"2026-01-01T00:00:00.0000000Z","rate":1e-8}"#;
-        assert_eq!(decode(exrate.as_bytes()).expect("exrate").data_type, DataType::Exrate);
+        assert_eq!(decode(exrate).expect("exrate").data_type, DataType::Exrate);
 
         let malformed = [
             "{not json",
@@ -397,15 +468,17 @@ mod tests {
             r#"{"type":"quote","symbol_id":"X","sequence":-1}"#,
             r#"{"type":"quote","symbol_id":"X","sequence":1.5}"#,
             r#"{"type":"quote","symbol_id":"X"}"#,
+            r#"{"type":"quote","symbol_id":null,"sequence":1}"#,
+            r#"{"type":"quote","symbol_id":7,"sequence":1}"#,
             r#"{"type":"trade","symbol_id":"X","sequence":1}"#,
             r#"{"type":"quote","symbol_id":"X","sequence":1} trailing"#,
             r#"{"symbol_id":"X","sequence":1}"#,
             "",
         ];
         for m in malformed {
-            assert!(matches!(decode(m.as_bytes()), Err(Reject::Malformed(_))), "{m}");
+            assert!(matches!(decode(m), Err(Reject::Malformed(_))), "{m}");
         }
-        assert_eq!(decode(br#"{"type":"candles","symbol_id":"X"}"#), Err(Reject::UnknownType("candles".to_string())));
+        assert_eq!(decode(r#"{"type":"candles","symbol_id":"X"}"#), Err(Reject::UnknownType("candles".to_string())));
     }
 
     #[test]

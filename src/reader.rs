@@ -88,6 +88,8 @@ struct Lane {
     tx: Sender<WorkerInput>,
     shedding: bool,
     last_shed_warning: Option<Instant>,
+    /// The current shedding episode was announced with a warning, so its end is logged too.
+    announced: bool,
 }
 
 pub struct Reader<'a> {
@@ -122,7 +124,10 @@ impl<'a> Reader<'a> {
         control: Sender<Batch>,
     ) -> Reader<'a> {
         assert!(!workers.is_empty(), "the reader needs at least one worker");
-        let lanes = workers.into_iter().map(|tx| Lane { tx, shedding: false, last_shed_warning: None }).collect();
+        let lanes = workers
+            .into_iter()
+            .map(|tx| Lane { tx, shedding: false, last_shed_warning: None, announced: false })
+            .collect();
         let policy = BackoffPolicy { cap: config.backoff_max, ..BackoffPolicy::default() };
         Reader {
             config,
@@ -459,11 +464,16 @@ impl<'a> Reader<'a> {
                 return true;
             }
             lane.shedding = false;
-            log::info!(
-                "worker-{w} channel drained to {} of {}: delivering again",
-                lane.tx.len(),
-                self.config.queue_capacity
-            );
+            // Under sustained overload a channel fills and drains many times a second: only the
+            // episodes whose start was logged (at most one per SHED_WARN_EVERY) log their end.
+            if std::mem::take(&mut lane.announced) {
+                log::info!(
+                    "worker-{w} channel drained to {} of {}: delivering again (dropped so far: {})",
+                    lane.tx.len(),
+                    self.config.queue_capacity,
+                    self.stats.dropped.load(std::sync::atomic::Ordering::Relaxed)
+                );
+            }
         }
         let recv_unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
         let input = WorkerInput::Frame(Frame { text, recv_unix_ns, generation: self.generation });
@@ -489,6 +499,7 @@ impl<'a> Reader<'a> {
                 let now = Instant::now();
                 if lane.last_shed_warning.is_none_or(|t| now.duration_since(t) >= SHED_WARN_EVERY) {
                     lane.last_shed_warning = Some(now);
+                    lane.announced = true;
                     log::warn!(
                         "worker-{w} channel full for {}ms: dropping its messages until it drains to {} (dropped so far: {})",
                         self.config.queue_wait.as_millis(),
