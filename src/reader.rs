@@ -36,7 +36,7 @@ use crate::writer::Batch;
 type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
 /// How long a graceful close may wait for the server's close reply.
-const CLOSE_WAIT: Duration = Duration::from_millis(500);
+const CLOSE_WAIT: Duration = Duration::from_millis(200);
 /// How long a control line may wait for room in the writer's channel before it is counted lost.
 const CONTROL_WAIT: Duration = Duration::from_millis(100);
 /// Socket write timeout once connected (hello, pongs, close): a peer that stops reading cannot
