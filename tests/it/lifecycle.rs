@@ -499,6 +499,45 @@ fn ctrl_c_during_a_hung_upgrade_exits_within_one_second() {
     assert!(took <= Duration::from_secs(1), "exit took {took:?}");
 }
 
+/// Proves Ctrl-C while the TCP connect itself hangs (a loopback listener whose accept queue is
+/// full, so the kernel drops further SYNs; --connect-timeout 30) exits 0 within 1 s.
+#[test]
+fn ctrl_c_during_a_hanging_tcp_connect_exits_within_one_second() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // Never accepted: fill the accept queue until a connect no longer completes.
+    let mut held = Vec::new();
+    let mut full = false;
+    for _ in 0..4096 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => held.push(s),
+            Err(_) => {
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "the accept queue never filled ({} connections)", held.len());
+    let ws_url = format!("ws://{addr}/v1/");
+    let sim = sim(1);
+    let mut feed = Feed::start(
+        &crate::harness::args(&ws_url, &sim.rest_url(), "BITSTAMP_SPOT_BTC_USD", "trade", &["--connect-timeout", "30"]),
+        crate::harness::FeedOptions::default(),
+    );
+    // Nothing can come of the connect; 1.5 s in which no connection line may appear puts the
+    // client inside it (past its first 0.9 s connect slice).
+    let outcome = feed.stdout.wait_until(Duration::from_millis(1_500), |l| count_control(l, "connection") > 0);
+    assert!(!outcome, "the connect ended on its own: {:?}", feed.stdout.snapshot());
+    let signalled = Instant::now();
+    feed.signal("INT");
+    let (status, _) = feed.wait_exit(Duration::from_secs(10));
+    let took = signalled.elapsed();
+    eprintln!("ctrl-c during a hanging tcp connect: exit {:?} after {} ms", status.code(), took.as_millis());
+    assert!(status.success(), "exit {status:?}; stderr:\n{}", feed.stderr_text());
+    assert!(took <= Duration::from_secs(1), "exit took {took:?}");
+    drop(held);
+}
+
 /// Proves an upgrade refused with 429 and `X-WsRequestsPerIpLimit-RetryAfterMs: 2000` is
 /// retried no earlier than 2 s later (and not much later), after which data flows.
 #[test]
