@@ -481,6 +481,42 @@ impl Drop for Sim {
 }
 
 /// Joins finished connection threads so the handle list stays bounded.
+/// The accept loop both servers share: accepts until the simulator stops (polling every
+/// `poll`, the listener being nonblocking), starts one connection thread per client through
+/// `start` (named by it), refuses clients beyond `max_connections` open ones, reaps finished
+/// threads as it goes and joins the rest at the end.
+pub(crate) fn accept_connections(
+    listener: std::net::TcpListener,
+    shared: &Shared,
+    kind: &str,
+    max_connections: usize,
+    poll: Duration,
+    mut start: impl FnMut(std::net::TcpStream, u64) -> io::Result<JoinHandle<()>>,
+) {
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    while !shared.stopping() {
+        match listener.accept() {
+            Ok((tcp, peer)) => {
+                reap(&mut conns);
+                if conns.len() >= max_connections {
+                    log::warn!("sim {kind} refusing {peer}: {max_connections} connections open");
+                    continue;
+                }
+                match start(tcp, shared.next_conn_id()) {
+                    Ok(handle) => conns.push(handle),
+                    Err(e) => log::warn!("sim {kind} cannot spawn connection thread: {e}"),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(poll),
+            Err(e) => {
+                log::warn!("sim {kind} accept failed: {e}");
+                std::thread::sleep(poll);
+            }
+        }
+    }
+    join_all(conns);
+}
+
 pub(crate) fn reap(handles: &mut Vec<JoinHandle<()>>) {
     let mut i = 0;
     while i < handles.len() {

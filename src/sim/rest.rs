@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -43,32 +43,10 @@ const NEW_TRADES: usize = 3;
 const TRADES_WITHOUT_OVERLAP: usize = 10;
 
 pub(crate) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut conns: Vec<JoinHandle<()>> = Vec::new();
-    while !shared.stopping() {
-        match listener.accept() {
-            Ok((tcp, peer)) => {
-                super::reap(&mut conns);
-                if conns.len() >= MAX_CONNECTIONS {
-                    log::warn!("sim rest refusing {peer}: {MAX_CONNECTIONS} connections open");
-                    continue;
-                }
-                let id = shared.next_conn_id();
-                let conn_shared = Arc::clone(&shared);
-                let spawned =
-                    thread::Builder::new().name(format!("sim-rest-{id}")).spawn(move || serve(&conn_shared, tcp, id));
-                match spawned {
-                    Ok(handle) => conns.push(handle),
-                    Err(e) => log::warn!("sim rest cannot spawn connection thread: {e}"),
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(ACCEPT_POLL),
-            Err(e) => {
-                log::warn!("sim rest accept failed: {e}");
-                thread::sleep(ACCEPT_POLL);
-            }
-        }
-    }
-    super::join_all(conns);
+    super::accept_connections(listener, &shared, "rest", MAX_CONNECTIONS, ACCEPT_POLL, |tcp, id| {
+        let conn_shared = Arc::clone(&shared);
+        thread::Builder::new().name(format!("sim-rest-{id}")).spawn(move || serve(&conn_shared, tcp, id))
+    });
 }
 
 /// A parsed request head.

@@ -24,7 +24,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -72,34 +72,11 @@ const RING_MODE_MIN_RATE: u64 = 20_000;
 const HEARTBEAT_TEXT: &str = r#"{"type":"hearbeat"}"#;
 
 pub(crate) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut conns: Vec<JoinHandle<()>> = Vec::new();
-    while !shared.stopping() {
-        match listener.accept() {
-            Ok((tcp, peer)) => {
-                super::reap(&mut conns);
-                if conns.len() >= MAX_CONNECTIONS {
-                    log::warn!("sim websocket refusing {peer}: {MAX_CONNECTIONS} connections open");
-                    continue;
-                }
-                let id = shared.next_conn_id();
-                let accept_fault = shared.faults.lock().take_accept_fault();
-                let conn_shared = Arc::clone(&shared);
-                let spawned = thread::Builder::new()
-                    .name(format!("sim-ws-{id}"))
-                    .spawn(move || serve(conn_shared, tcp, id, accept_fault));
-                match spawned {
-                    Ok(handle) => conns.push(handle),
-                    Err(e) => log::warn!("sim websocket cannot spawn connection thread: {e}"),
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(ACCEPT_POLL),
-            Err(e) => {
-                log::warn!("sim websocket accept failed: {e}");
-                thread::sleep(ACCEPT_POLL);
-            }
-        }
-    }
-    super::join_all(conns);
+    super::accept_connections(listener, &shared, "websocket", MAX_CONNECTIONS, ACCEPT_POLL, |tcp, id| {
+        let accept_fault = shared.faults.lock().take_accept_fault();
+        let conn_shared = Arc::clone(&shared);
+        thread::Builder::new().name(format!("sim-ws-{id}")).spawn(move || serve(conn_shared, tcp, id, accept_fault))
+    });
 }
 
 /// The socket as tungstenite sees it: reads come from TCP; after the upgrade, writes land in
