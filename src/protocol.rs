@@ -315,8 +315,7 @@ pub fn append_rest_line(out: &mut Vec<u8>, record: &[u8], data_type: DataType, s
         field(out, &format!("\"type\":\"{}\"", data_type.as_str()));
     }
     if scan_field(trimmed, b"symbol_id").is_none() {
-        let quoted = serde_json::to_string(symbol_id).unwrap_or_else(|_| "\"\"".to_string());
-        field(out, &format!("\"symbol_id\":{quoted}"));
+        field(out, &format!("\"symbol_id\":{}", json_string(symbol_id)));
     }
     let is_book =
         matches!(data_type, DataType::Book | DataType::Book5 | DataType::Book20 | DataType::Book50 | DataType::BookL3);
@@ -355,6 +354,11 @@ fn minify_into(out: &mut Vec<u8>, text: &[u8]) {
             out.push(b);
         }
     }
+}
+
+/// A JSON string literal (quoted and escaped), for the control lines written by hand.
+pub fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
 
 /// Formats UTC timestamps in CoinAPI's format (`2017-03-18T22:42:21.3763342Z`, 7 fractional

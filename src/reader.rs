@@ -16,7 +16,7 @@ use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use tungstenite::client::ClientRequestBuilder;
@@ -30,7 +30,7 @@ use crate::config::{Config, READ_TICK};
 use crate::protocol::{self, FrameKind, TimestampFormatter};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
-use crate::worker::{Frame, WorkerInput};
+use crate::worker::{unix_now_ns, Frame, WorkerInput};
 use crate::writer::Batch;
 
 type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
@@ -475,8 +475,7 @@ impl<'a> Reader<'a> {
                 );
             }
         }
-        let recv_unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
-        let input = WorkerInput::Frame(Frame { text, recv_unix_ns, generation: self.generation });
+        let input = WorkerInput::Frame(Frame { text, recv_unix_ns: unix_now_ns(), generation: self.generation });
         let sent = match lane.tx.try_send(input) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(input)) => lane.tx.send_timeout(input, self.config.queue_wait),
@@ -535,20 +534,19 @@ impl<'a> Reader<'a> {
 
     /// Writes a `{"type":"connection",...}` control line (best effort: counted if lost).
     fn connection_line(&mut self, event: &str, reason: &str) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+        let now = unix_now_ns();
         // Written by hand so `type` comes first, as in CoinAPI's own messages (consumers may
         // filter on a line prefix); strings go through serde_json for escaping.
-        let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
         let mut line = format!(
             "{{\"type\":\"connection\",\"event\":{},\"generation\":{},\"url\":{},\"time\":\"{}\"",
-            quote(event),
+            protocol::json_string(event),
             self.generation,
-            quote(&self.config.ws.url),
+            protocol::json_string(&self.config.ws.url),
             self.timestamps.format(now)
         );
         if !reason.is_empty() {
             line.push_str(",\"reason\":");
-            line.push_str(&quote(reason));
+            line.push_str(&protocol::json_string(reason));
         }
         line.push('}');
         let mut batch = Batch::with_capacity(256);

@@ -8,7 +8,7 @@
 //! lock. On shutdown the agent is shut down, so a request in flight ends at once, and the keys
 //! still pending are logged.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, SendTimeoutError, Sender};
 use parking_lot::Mutex;
@@ -19,7 +19,7 @@ use crate::recovery_core::{FetchOutcome, Poll, PushOutcome, RecoveryKey, Recover
 use crate::rest::RestClient;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
-use crate::worker::{RecoveryResult, WorkerInput};
+use crate::worker::{unix_now_ns, RecoveryResult, WorkerInput};
 
 /// Longest the thread sleeps without looking at the queue again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
@@ -193,7 +193,7 @@ impl Recovery<'_> {
                 Stats::add(&self.stats.recovery_rate_limited, 1);
                 self.stats
                     .last_429_unix_s
-                    .store((unix_ns() / 1_000_000_000) as u64, std::sync::atomic::Ordering::Relaxed);
+                    .store((unix_now_ns() / 1_000_000_000) as u64, std::sync::atomic::Ordering::Relaxed);
                 log::warn!(
                     "CoinAPI rate limit (HTTP 429) on {} {}: pausing REST recovery {}",
                     key.symbol_id,
@@ -211,7 +211,7 @@ impl Recovery<'_> {
         }
         let verdict = self.handle.queue.lock().complete(&key, answer.outcome.clone(), Instant::now());
         let result = match verdict {
-            Verdict::Done => RecoveryResult::Recovered { key, records: answer.records, recv_unix_ns: unix_ns() },
+            Verdict::Done => RecoveryResult::Recovered { key, records: answer.records, recv_unix_ns: unix_now_ns() },
             Verdict::GaveUp { attempts, last_error } => RecoveryResult::Failed { key, attempts, error: last_error },
             Verdict::Retry { at } => {
                 log::debug!(
@@ -243,8 +243,4 @@ impl Recovery<'_> {
             Err(SendTimeoutError::Disconnected(_)) => {}
         }
     }
-}
-
-fn unix_ns() -> i128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
 }

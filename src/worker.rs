@@ -141,7 +141,7 @@ impl<'a> Worker<'a> {
                     match rx.recv_timeout(SILENCE_CHECK) {
                         Ok(input) => input,
                         Err(RecvTimeoutError::Timeout) => {
-                            self.count_silent(unix_ns());
+                            self.count_silent(unix_now_ns());
                             continue;
                         }
                         Err(RecvTimeoutError::Disconnected) => break,
@@ -246,11 +246,11 @@ impl<'a> Worker<'a> {
     /// Writes a `gap` control line and queues the stream for recovery. `jump` is
     /// (expected, received, missing) for a sequence gap, `None` for a reconnect.
     fn gap(&mut self, data_type: DataType, symbol: &str, jump: Option<(u64, u64, u64)>, generation: u64) {
-        let now = self.timestamps.format(unix_ns()).to_string();
+        let now = self.timestamps.format(unix_now_ns()).to_string();
         let mut line = format!(
             "{{\"type\":\"gap\",\"data_type\":\"{}\",\"symbol_id\":{}",
             data_type.as_str(),
-            json_string(symbol)
+            protocol::json_string(symbol)
         );
         match jump {
             Some((expected, received, missing)) => line.push_str(&format!(
@@ -289,22 +289,22 @@ impl<'a> Worker<'a> {
                 }
                 self.batch.rest_lines += written;
                 Stats::add(&self.stats.recovery_ok, 1);
-                now_text = self.timestamps.format(unix_ns()).to_string();
+                now_text = self.timestamps.format(unix_now_ns()).to_string();
                 format!(
                     "{{\"type\":\"recovery\",\"symbol_id\":{},\"data_type\":\"{}\",\"status\":\"ok\",\"records\":{},\"written\":{written},\"duplicates\":{duplicates}",
-                    json_string(&key.symbol_id),
+                    protocol::json_string(&key.symbol_id),
                     key.data_type.as_str(),
                     records.len()
                 )
             }
             RecoveryResult::Failed { key, attempts, error } => {
                 Stats::add(&self.stats.recovery_failed, 1);
-                now_text = self.timestamps.format(unix_ns()).to_string();
+                now_text = self.timestamps.format(unix_now_ns()).to_string();
                 format!(
                     "{{\"type\":\"recovery\",\"symbol_id\":{},\"data_type\":\"{}\",\"status\":\"failed\",\"attempts\":{attempts},\"error\":{}",
-                    json_string(&key.symbol_id),
+                    protocol::json_string(&key.symbol_id),
                     key.data_type.as_str(),
-                    json_string(&error)
+                    protocol::json_string(&error)
                 )
             }
         };
@@ -348,13 +348,10 @@ impl<'a> Worker<'a> {
     }
 }
 
-fn unix_ns() -> i128 {
+/// Wall-clock now in nanoseconds since the Unix epoch: the unit of `Frame::recv_unix_ns` and of
+/// every timestamp the pipeline writes.
+pub fn unix_now_ns() -> i128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
-}
-
-/// A JSON string literal (quoted and escaped).
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
 
 /// The first bytes of a frame for a log line, lossily decoded.
