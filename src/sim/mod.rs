@@ -264,6 +264,8 @@ pub(crate) struct Shared {
     pub(crate) events: record::EventLog,
     pub(crate) sent: record::SentLog,
     pub(crate) data_sent: AtomicU64,
+    /// Sequence gaps written into generated data (`Gap` and `GapOn` faults consumed).
+    pub(crate) gaps_emitted: AtomicU64,
     pub(crate) faults: Mutex<FaultHub>,
     pub(crate) rest_faults: Mutex<VecDeque<RestFault>>,
     /// Per symbol id: the last WebSocket trades, oldest first.
@@ -387,6 +389,7 @@ impl Sim {
             stop: AtomicBool::new(false),
             events: record::EventLog::new(EVENT_LOG_CAPACITY),
             data_sent: AtomicU64::new(0),
+            gaps_emitted: AtomicU64::new(0),
             faults: Mutex::new(FaultHub::default()),
             rest_faults: Mutex::new(VecDeque::new()),
             recent_trades: Mutex::new(HashMap::new()),
@@ -457,6 +460,13 @@ impl Sim {
     /// Data frames handed to the kernel so far, all connections.
     pub fn data_sent(&self) -> u64 {
         self.shared.data_sent.load(Ordering::Relaxed)
+    }
+
+    /// Sequence gaps the simulator has written into generated data so far (each consumed `Gap` or
+    /// `GapOn` fault is one, however many numbers it skipped). Faults injected before the previous
+    /// ones were consumed merge into one gap, so a test that wants N distinct gaps waits on this.
+    pub fn gaps_emitted(&self) -> u64 {
+        self.shared.gaps_emitted.load(Ordering::Relaxed)
     }
 
     /// Stops and joins every thread. Returns within a few tens of milliseconds.

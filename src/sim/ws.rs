@@ -646,6 +646,9 @@ impl Conn {
             let aimed = if self.gap_on.is_empty() { 0 } else { self.gap_on.get(&g.symbol().id).copied().unwrap_or(0) };
             let emitted = g.emit(out, self.gap_pending + aimed, CLOCK);
             if emitted.sequenced {
+                if self.gap_pending + aimed > 0 {
+                    self.shared.gaps_emitted.fetch_add(1, Ordering::Relaxed);
+                }
                 self.gap_pending = 0;
                 if aimed > 0 {
                     self.gap_on.remove(&g.symbol().id);
@@ -737,7 +740,10 @@ impl Conn {
         };
         self.batches.push_back(Batch { end: out.len(), frames: 1, records });
         self.data_count += 1;
-        self.gap_pending = 0;
+        if self.gap_pending > 0 {
+            self.shared.gaps_emitted.fetch_add(1, Ordering::Relaxed);
+            self.gap_pending = 0;
+        }
         self.last_frame_at = Instant::now();
         self.publish_trades();
     }

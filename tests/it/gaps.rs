@@ -50,10 +50,11 @@ fn inject_gaps_on(sim: &Sim, symbols: &[String]) {
 fn inject_gap_rounds(sim: &Sim, symbols: &[String], rounds: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     for _ in 0..rounds {
-        let before = sim.data_sent();
+        let target = sim.gaps_emitted() + symbols.len() as u64;
         inject_gaps_on(sim, symbols);
-        // Round robin: two full rounds of messages later every aimed gap has been applied.
-        while sim.data_sent() <= before + 2 * symbols.len() as u64 {
+        // The next round waits until this one's gaps are in the data; injected earlier, a second
+        // gap on a symbol would merge with the first into one.
+        while sim.gaps_emitted() < target {
             assert!(Instant::now() < deadline, "the simulator stopped sending");
             std::thread::sleep(Duration::from_micros(200));
         }
