@@ -6,6 +6,8 @@
 pub mod backoff;
 pub mod config;
 pub mod gaps;
+pub mod json_scan;
+pub mod lane;
 pub mod pipeline;
 pub mod protocol;
 pub mod reader;
