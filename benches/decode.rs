@@ -11,7 +11,7 @@ use tungstenite::Utf8Bytes;
 use coinfeed::gaps::{SequenceTracker, TradeDedup};
 use coinfeed::protocol::{self, DataType, Source, TimestampFormatter};
 use coinfeed::stats::Stats;
-use coinfeed::worker::{Frame, Worker};
+use coinfeed::worker::{Frame, Worker, WorkerInput};
 
 const TRADE: &str = r#"{"type":"trade","symbol_id":"BITSTAMP_SPOT_BTC_USD","sequence":2323346,"time_exchange":"2026-11-28T06:44:26.1230000Z","time_coinapi":"2026-11-28T06:44:26.1763342Z","uuid":"770C7A3B-7258-4441-8182-83740F3E2457","price":91234.123456789,"size":0.0189885151556305438646080756,"taker_side":"BUY"}"#;
 const QUOTE: &str = r#"{"type":"quote","symbol_id":"COINBASE_SPOT_ETH_USD","sequence":99887766,"time_exchange":"2026-11-28T06:44:26.1230000Z","time_coinapi":"2026-11-28T06:44:26.1763342Z","ask_price":3012.450000000,"ask_size":12.000000000000000001,"bid_price":3012.440000000,"bid_size":0.0000000100000000000000000001}"#;
@@ -64,7 +64,7 @@ fn decode_and_format(c: &mut Criterion) {
         let mut next = 0usize;
         group.bench_function(name, |b| {
             b.iter(|| {
-                worker.handle_frame(&frames[next]);
+                worker.handle(WorkerInput::Frame(frames[next].clone()));
                 next = (next + 1) % RING;
                 // Like the real worker: the batch buffer is reused until it is large.
                 if next % 64 == 0 {

@@ -7,7 +7,6 @@ pub mod backoff;
 pub mod config;
 pub mod gaps;
 pub mod json_scan;
-pub mod lane;
 pub mod pipeline;
 pub mod protocol;
 pub mod reader;

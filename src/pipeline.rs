@@ -13,13 +13,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::config::Config;
-use crate::lane::{self, DepthProbe, LaneSender};
 use crate::reader::{Reader, ReaderExit};
 use crate::recovery::{Recovery, RecoveryHandle};
 use crate::rest::RestClient;
 use crate::shutdown::Shutdown;
 use crate::stats::{self, Stats};
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerInput};
 use crate::writer::{self, Batch, WriterExit};
 
 /// Batches queued for the writer per producer; with `writer::BATCH_BYTES` per batch this bounds
@@ -46,8 +45,10 @@ pub fn run<W: Write + Send>(config: &Config, shutdown: &Shutdown, stats: &Stats,
     let started = Instant::now();
     let n = config.n_workers;
     let (writer_tx, writer_rx) = crossbeam_channel::bounded::<Batch>((n + 1) * WRITER_QUEUE_PER_PRODUCER);
-    let (worker_txs, worker_rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| lane::lane(config.queue_capacity)).unzip();
-    let depth_probes: Vec<DepthProbe> = worker_txs.iter().map(LaneSender::probe).collect();
+    let (worker_txs, worker_rxs): (Vec<_>, Vec<_>) =
+        (0..n).map(|_| crossbeam_channel::bounded::<WorkerInput>(config.queue_capacity)).unzip();
+    // Clones kept only to read queue depths for the health line.
+    let depth_probes: Vec<Receiver<WorkerInput>> = worker_rxs.clone();
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let recovery_handle = RecoveryHandle::new(config);
     let recovery_handle = &recovery_handle;
@@ -118,7 +119,7 @@ fn supervise(
     stats: &Stats,
     shutdown: &Shutdown,
     done: &Receiver<()>,
-    depth_probes: &[DepthProbe],
+    depth_probes: &[Receiver<WorkerInput>],
     started: Instant,
     rest_agent: ureq::Agent,
 ) {
@@ -159,7 +160,7 @@ fn supervise(
         if let Some(interval) = config.health_interval {
             if now.duration_since(prev_at) >= interval {
                 let snap = stats.snapshot();
-                let depths: Vec<usize> = depth_probes.iter().map(DepthProbe::depth).collect();
+                let depths: Vec<usize> = depth_probes.iter().map(Receiver::len).collect();
                 log::info!(
                     "{}",
                     stats::health_line(&snap, &prev, now.duration_since(prev_at), &depths, config.queue_capacity)

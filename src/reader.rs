@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use tungstenite::client::ClientRequestBuilder;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::WebSocketConfig;
@@ -27,7 +27,6 @@ use tungstenite::{Connector, Message, Utf8Bytes, WebSocket};
 
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::config::{Config, READ_TICK};
-use crate::lane::LaneSender;
 use crate::protocol::{self, FrameKind, TimestampFormatter};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -84,11 +83,9 @@ enum ConnectError {
     Stopped,
 }
 
-/// One worker's input channel, the frames gathered for its next hand-off, and whether the
-/// reader is currently shedding load for it.
+/// One worker's input channel and whether the reader is currently shedding load for it.
 struct Lane {
-    tx: LaneSender,
-    pending: Vec<Frame>,
+    tx: Sender<WorkerInput>,
     shedding: bool,
     last_shed_warning: Option<Instant>,
     /// The current shedding episode was announced with a warning, so its end is logged too.
@@ -102,9 +99,6 @@ pub struct Reader<'a> {
     lanes: Vec<Lane>,
     /// Shedding stops once a channel holds at most this many messages.
     low_water: usize,
-    /// Data frames read but not yet added to `Stats::received` (published with each hand-off,
-    /// so the reader does not touch a shared counter per frame).
-    unpublished_received: u64,
     control: Sender<Batch>,
     tls: Arc<rustls::ClientConfig>,
     backoff: Backoff,
@@ -126,19 +120,13 @@ impl<'a> Reader<'a> {
         config: &'a Config,
         stats: &'a Stats,
         shutdown: &'a Shutdown,
-        workers: Vec<LaneSender>,
+        workers: Vec<Sender<WorkerInput>>,
         control: Sender<Batch>,
     ) -> Reader<'a> {
         assert!(!workers.is_empty(), "the reader needs at least one worker");
         let lanes = workers
             .into_iter()
-            .map(|tx| Lane {
-                pending: Vec::with_capacity(tx.batch_frames),
-                tx,
-                shedding: false,
-                last_shed_warning: None,
-                announced: false,
-            })
+            .map(|tx| Lane { tx, shedding: false, last_shed_warning: None, announced: false })
             .collect();
         let policy = BackoffPolicy { cap: config.backoff_max, ..BackoffPolicy::default() };
         Reader {
@@ -147,7 +135,6 @@ impl<'a> Reader<'a> {
             shutdown,
             lanes,
             low_water: config.queue_capacity / 2,
-            unpublished_received: 0,
             control,
             tls: tls_config(),
             backoff: Backoff::new(policy),
@@ -206,7 +193,7 @@ impl<'a> Reader<'a> {
             // the streams of the old connection are queued for recovery promptly. Best effort:
             // a worker also notices the new generation on its next frame.
             for lane in &self.lanes {
-                let _ = lane.tx.send_control(WorkerInput::Connected { generation }, self.config.queue_wait);
+                let _ = lane.tx.send_timeout(WorkerInput::Connected { generation }, self.config.queue_wait);
             }
             let end = self.session(ws);
             match end {
@@ -361,11 +348,7 @@ impl<'a> Reader<'a> {
         // Set by a `reconnect` notice: keep reading this connection until then (or until the
         // server closes it), then move without a backoff penalty.
         let mut move_by: Option<Instant> = None;
-        let end = self.read_connection(ws, &mut move_by);
-        // Frames read before the end still go to the workers (the next connection's frames
-        // must not share a batch with them: a batch is one generation).
-        let end = if self.flush_all() { end } else { SessionEnd::PipelineGone };
-        match (end, move_by) {
+        match (self.read_connection(ws, &mut move_by), move_by) {
             (SessionEnd::Retry(why), Some(_)) => SessionEnd::Moved(format!("{why} after a reconnect notice")),
             (end, _) => end,
         }
@@ -375,19 +358,9 @@ impl<'a> Reader<'a> {
         let mut last_activity = Instant::now();
         let mut active = false;
         let mut frames_since_clock: u32 = 0;
-        // While frames wait in a lane's batch the socket is read without blocking: the moment
-        // it has nothing more, the batches go out, and the next read may block again.
-        let mut nonblocking = false;
         loop {
             if self.shutdown.is_requested() {
                 return self.close(ws, SessionEnd::Stop);
-            }
-            let pending = self.lanes.iter().any(|l| !l.pending.is_empty());
-            if pending != nonblocking {
-                if let Err(e) = tcp(&ws).set_nonblocking(pending) {
-                    return SessionEnd::Retry(format!("socket error: {e}"));
-                }
-                nonblocking = pending;
             }
             if let Some(deadline) = *move_by {
                 if Instant::now() >= deadline {
@@ -441,13 +414,8 @@ impl<'a> Reader<'a> {
                     return self.close(ws, SessionEnd::Retry(why));
                 }
                 Err(tungstenite::Error::Io(e)) if is_tick(&e) => {
-                    if !self.flush_all() {
-                        return SessionEnd::PipelineGone;
-                    }
                     let _ = ws.flush();
-                    if !nonblocking {
-                        frames_since_clock = CLOCK_EVERY_FRAMES;
-                    }
+                    frames_since_clock = CLOCK_EVERY_FRAMES;
                 }
                 Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
                     return SessionEnd::Retry("connection closed".into())
@@ -483,16 +451,15 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Adds one data frame to its worker's next batch (sent when full), or drops it while
-    /// that worker's channel is being drained. False if the workers are gone.
+    /// Routes one data frame to its worker, waiting at most `--queue-wait-ms` for room and
+    /// shedding load while the channel drains. False if the workers are gone.
     fn dispatch(&mut self, text: Utf8Bytes) -> bool {
-        self.unpublished_received += 1;
+        Stats::add(&self.stats.received, 1);
         let symbol = protocol::scan_field(text.as_bytes(), b"symbol_id").unwrap_or(b"");
         let w = protocol::route(symbol, self.lanes.len());
         let lane = &mut self.lanes[w];
         if lane.shedding {
-            if lane.tx.depth() > self.low_water {
-                Stats::add(&self.stats.received, std::mem::take(&mut self.unpublished_received));
+            if lane.tx.len() > self.low_water {
                 self.stats.record_drop(symbol);
                 return true;
             }
@@ -502,49 +469,31 @@ impl<'a> Reader<'a> {
             if std::mem::take(&mut lane.announced) {
                 log::info!(
                     "worker-{w} channel drained to {} of {}: delivering again (dropped so far: {})",
-                    lane.tx.depth(),
+                    lane.tx.len(),
                     self.config.queue_capacity,
                     self.stats.dropped.load(std::sync::atomic::Ordering::Relaxed)
                 );
             }
         }
-        lane.pending.push(Frame { text, recv_unix_ns: unix_now_ns(), generation: self.generation });
-        if lane.pending.len() >= lane.tx.batch_frames {
-            return self.send_batch(w);
-        }
-        true
-    }
-
-    /// Sends every lane's pending batch. False if the workers are gone.
-    fn flush_all(&mut self) -> bool {
-        let mut alive = true;
-        for w in 0..self.lanes.len() {
-            if !self.lanes[w].pending.is_empty() {
-                alive &= self.send_batch(w);
-            }
-        }
-        alive
-    }
-
-    /// Hands lane `w`'s batch to its worker, waiting at most `--queue-wait-ms` for room; past
-    /// that the batch is dropped (counted per symbol) and the lane sheds load until its channel
-    /// has drained to the low-water mark. False if the workers are gone.
-    fn send_batch(&mut self, w: usize) -> bool {
-        // Published before the batch can be written or dropped, so `received` never trails them.
-        Stats::add(&self.stats.received, std::mem::take(&mut self.unpublished_received));
-        let lane = &mut self.lanes[w];
-        let batch = std::mem::replace(&mut lane.pending, Vec::with_capacity(lane.tx.batch_frames));
-        match lane.tx.send_frames(batch, self.config.queue_wait) {
+        let input = WorkerInput::Frame(Frame { text, recv_unix_ns: unix_now_ns(), generation: self.generation });
+        let sent = match lane.tx.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(input)) => lane.tx.send_timeout(input, self.config.queue_wait),
+            Err(TrySendError::Disconnected(input)) => Err(SendTimeoutError::Disconnected(input)),
+        };
+        match sent {
             Ok(()) => {
-                self.stats.note_queue_depth(lane.tx.depth());
+                self.stats.note_queue_depth(lane.tx.len());
                 true
             }
-            Err((_, true)) => false,
-            Err((frames, false)) => {
+            Err(SendTimeoutError::Timeout(input)) => {
                 lane.shedding = true;
-                for frame in &frames {
-                    self.stats.record_drop(protocol::scan_field(frame.text.as_bytes(), b"symbol_id").unwrap_or(b""));
-                }
+                let text = match &input {
+                    WorkerInput::Frame(frame) => frame.text.as_bytes(),
+                    _ => b"",
+                };
+                let symbol = protocol::scan_field(text, b"symbol_id").unwrap_or(b"");
+                self.stats.record_drop(symbol);
                 self.stats.note_queue_depth(self.config.queue_capacity);
                 let now = Instant::now();
                 if lane.last_shed_warning.is_none_or(|t| now.duration_since(t) >= SHED_WARN_EVERY) {
@@ -559,16 +508,13 @@ impl<'a> Reader<'a> {
                 }
                 true
             }
+            Err(SendTimeoutError::Disconnected(_)) => false,
         }
     }
 
     /// Sends a WebSocket close and drives the close handshake for at most `CLOSE_WAIT`; data
     /// frames that arrive meanwhile are still delivered. Returns `end` unchanged.
     fn close(&mut self, mut ws: Ws, end: SessionEnd) -> SessionEnd {
-        if !self.flush_all() {
-            return SessionEnd::PipelineGone;
-        }
-        let _ = tcp(&ws).set_nonblocking(false);
         let _ = ws.close(None);
         let deadline = Instant::now() + CLOSE_WAIT;
         while Instant::now() < deadline {
@@ -621,15 +567,6 @@ fn reconnect_within(frame: &[u8]) -> Duration {
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| Duration::from_secs_f64(s.min(3600.0)))
         .unwrap_or(Duration::from_secs(10))
-}
-
-/// The TCP socket under the WebSocket (and TLS, if any).
-fn tcp(ws: &Ws) -> &TcpStream {
-    match ws.get_ref() {
-        MaybeTlsStream::Plain(s) => s,
-        MaybeTlsStream::Rustls(s) => s.get_ref(),
-        _ => unreachable!("only plain and rustls streams are built"),
-    }
 }
 
 fn is_tick(e: &std::io::Error) -> bool {

@@ -14,7 +14,6 @@ use crossbeam_channel::{select, Receiver, SendTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use crate::config::Config;
-use crate::lane::LaneSender;
 use crate::protocol;
 use crate::recovery_core::{FetchOutcome, Poll, PushOutcome, RecoveryKey, RecoveryPolicy, RecoveryQueue, Verdict};
 use crate::rest::RestClient;
@@ -91,7 +90,7 @@ impl RecoveryHandle {
 pub struct Recovery<'a> {
     pub handle: &'a RecoveryHandle,
     pub client: RestClient,
-    pub lanes: Vec<LaneSender>,
+    pub lanes: Vec<Sender<WorkerInput>>,
     pub stats: &'a Stats,
     pub shutdown: &'a Shutdown,
 }
@@ -232,7 +231,7 @@ impl Recovery<'_> {
     fn deliver(&self, result: RecoveryResult) {
         let symbol = result.key().symbol_id.clone();
         let lane = &self.lanes[protocol::route(symbol.as_bytes(), self.lanes.len())];
-        match lane.send_control(WorkerInput::Recovery(result), DELIVERY_WAIT) {
+        match lane.send_timeout(WorkerInput::Recovery(result), DELIVERY_WAIT) {
             Ok(()) => {}
             Err(SendTimeoutError::Timeout(_)) => {
                 Stats::add(&self.stats.recovery_failed, 1);

@@ -13,13 +13,12 @@
 //! worker and are written in order with the stream. Trades are de-duplicated by uuid with a
 //! bounded memory per symbol.
 
-use crossbeam_channel::{RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use rustc_hash::FxHashMap;
 use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
 use crate::gaps::{SeqOutcome, SequenceTracker, TradeDedup, DEFAULT_MAX_STREAMS};
-use crate::lane::LaneReceiver;
 use crate::protocol::{self, DataType, Reject, Source, TimestampFormatter};
 use crate::recovery::RecoveryHandle;
 use crate::recovery_core::RecoveryKey;
@@ -54,8 +53,7 @@ pub struct Frame {
 /// Everything a worker can be asked to do, as one closed set.
 #[derive(Debug)]
 pub enum WorkerInput {
-    /// Frames in arrival order, all from one connection (see `lane.rs` for the batching).
-    Frames(Vec<Frame>),
+    Frame(Frame),
     /// The reader opened connection `generation`: sequences start over, and every stream that
     /// was live on the previous connection has a gap.
     Connected {
@@ -132,7 +130,7 @@ impl<'a> Worker<'a> {
 
     /// Runs until the reader is gone and the input is drained, then hands over the last batch.
     /// Returns early only if the writer has gone (stdout closed).
-    pub fn run(mut self, rx: LaneReceiver, out: Sender<Batch>) {
+    pub fn run(mut self, rx: Receiver<WorkerInput>, out: Sender<Batch>) {
         loop {
             let input = match rx.try_recv() {
                 Ok(input) => input,
@@ -161,14 +159,13 @@ impl<'a> Worker<'a> {
 
     pub fn handle(&mut self, input: WorkerInput) {
         match input {
-            WorkerInput::Frames(frames) => frames.iter().for_each(|f| self.handle_frame(f)),
+            WorkerInput::Frame(frame) => self.handle_frame(&frame),
             WorkerInput::Connected { generation } => self.start_generation(generation),
             WorkerInput::Recovery(result) => self.handle_recovery(result),
         }
     }
 
-    /// Decodes one frame and appends its line (or counts why not).
-    pub fn handle_frame(&mut self, frame: &Frame) {
+    fn handle_frame(&mut self, frame: &Frame) {
         let bytes = frame.text.as_bytes();
         let decoded = match protocol::decode(frame.text.as_str()) {
             Ok(d) => d,
@@ -373,11 +370,11 @@ mod tests {
     use super::*;
 
     fn frame(text: &str) -> WorkerInput {
-        WorkerInput::Frames(vec![Frame {
+        WorkerInput::Frame(Frame {
             text: Utf8Bytes::from(text.to_string()),
             recv_unix_ns: 1_489_876_941_376_334_200,
             generation: 1,
-        }])
+        })
     }
 
     #[test]
@@ -409,11 +406,11 @@ mod tests {
         let stats = Stats::default();
         let mut w = Worker::new(0, &stats);
         let at = |ns: i128, sym: &str, seq: u64| {
-            WorkerInput::Frames(vec![Frame {
+            WorkerInput::Frame(Frame {
                 text: Utf8Bytes::from(format!(r#"{{"type":"quote","symbol_id":"{sym}","sequence":{seq}}}"#)),
                 recv_unix_ns: ns,
                 generation: 1,
-            }])
+            })
         };
         let s = 1_000_000_000i128;
         w.handle(at(0, "A", 1));
@@ -424,21 +421,16 @@ mod tests {
         assert_eq!(stats.snapshot().silent_symbols, 0);
     }
 
-    use std::time::Duration;
-
     #[test]
     fn run_drains_everything_then_returns_when_the_reader_is_gone() {
         let stats = Stats::default();
-        let (in_tx, in_rx) = crate::lane::lane(64);
+        let (in_tx, in_rx) = crossbeam_channel::bounded(16);
         let (out_tx, out_rx) = crossbeam_channel::bounded(16);
-        let frames = (1..=10)
-            .map(|i| Frame {
-                text: Utf8Bytes::from(format!(r#"{{"type":"trade","symbol_id":"A","sequence":{i},"uuid":"U{i}"}}"#)),
-                recv_unix_ns: 0,
-                generation: 1,
-            })
-            .collect();
-        in_tx.send_frames(frames, Duration::ZERO).expect("room");
+        for i in 1..=10 {
+            in_tx
+                .send(frame(&format!(r#"{{"type":"trade","symbol_id":"A","sequence":{i},"uuid":"U{i}"}}"#)))
+                .expect("send");
+        }
         drop(in_tx);
         Worker::new(0, &stats).run(in_rx, out_tx);
         let lines: u64 = out_rx.iter().map(|b| b.market_lines).sum();
