@@ -174,7 +174,7 @@ pub enum Reject {
 /// valid UTF-8 already.
 pub fn decode(frame: &str) -> Result<Decoded<'_>, Reject> {
     let head = json_scan::scan_object(frame).map_err(Reject::Malformed)?;
-    check_head(head.kind.unwrap_or_default(), head.symbol_id, head.sequence, head.uuid)
+    check_head(head.kind, head.symbol_id, head.sequence, head.uuid)
 }
 
 /// The rules on top of JSON validity: a known type, and the fields its handling relies on.
