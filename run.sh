@@ -26,10 +26,10 @@ test)
     shift
     echo "== cargo fmt --check" >&2
     cargo fmt --all -- --check
-    echo "== cargo clippy --all-targets -D warnings" >&2
-    cargo clippy --locked --all-targets -- -D warnings
+    echo "== cargo clippy --workspace --all-targets -D warnings" >&2
+    cargo clippy --locked --workspace --all-targets -- -D warnings
     echo "== cargo test" >&2
-    cargo test --locked --all-targets "$@"
+    cargo test --locked --workspace --all-targets "$@"
     ;;
 bench)
     shift
@@ -38,7 +38,7 @@ bench)
 soak)
     shift
     build_release
-    cargo run --release --locked --quiet --example soak -- "$@"
+    cargo run --release --locked --quiet -p xtask -- soak "$@"
     ;;
 *)
     build_release

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use coinfeed::config::{Cli, Config, SIM_DEFAULT_SYMBOLS};
+use coinfeed::config::{Config, RunArgs, SIM_DEFAULT_SYMBOLS};
 use coinfeed::pipeline;
 use coinfeed::shutdown::Shutdown;
 use coinfeed::stats::{self, Stats};
@@ -93,7 +93,7 @@ fn bare_read(ws_url: &str, n: u64) -> (f64, u64) {
 
 /// The pipeline at default settings into a discarded sink. Returns (seconds, stats snapshot).
 fn pipeline_read(sim: &SimProcess, n: u64) -> (f64, stats::Snapshot) {
-    let cli = Cli::try_parse_from([
+    let args = RunArgs::try_parse_from([
         "coinfeed",
         "--symbols",
         SIM_DEFAULT_SYMBOLS,
@@ -106,7 +106,7 @@ fn pipeline_read(sim: &SimProcess, n: u64) -> (f64, stats::Snapshot) {
     ])
     .expect("arguments");
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
-    let mut config = Config::from_args(&cli.run, Some("bench".into()), cores).expect("config");
+    let mut config = Config::from_args(&args, Some("bench".into()), cores).expect("config");
     config.use_endpoints(&sim.ws_url, &sim.rest_url).expect("endpoints");
     let stats = Stats::default();
     let shutdown = Shutdown::new();

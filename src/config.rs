@@ -1,4 +1,4 @@
-//! The command line: clap parses raw arguments (`Cli`), then `Config::from_args` validates them
+//! The command line: clap parses raw arguments (`RunArgs`), then `Config::from_args` validates them
 //! into a plain, fully-checked `Config` that the pipeline receives explicitly.
 //!
 //! Every limit of the program lives here with its default and the reason for it. Nothing is
@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 use tungstenite::http::Uri;
 
 use crate::protocol::DataType;
@@ -29,38 +29,11 @@ pub const READ_TICK: Duration = Duration::from_millis(100);
 /// Upper bound on the symbols one process subscribes to; also bounds every per-symbol map.
 pub const MAX_SYMBOLS: usize = 10_000;
 
+/// Raw arguments of the ingester, exactly as typed; `Config::from_args` checks them. The binary
+/// flattens these into its command line (beside the `sim` subcommand); tests and benches parse
+/// them directly with `RunArgs::try_parse_from`.
 #[derive(Parser, Debug)]
-#[command(
-    name = "coinfeed",
-    version,
-    about = "Subscribe to CoinAPI market data over WebSocket and write every message as one NDJSON line on stdout",
-    long_about = "Subscribe to CoinAPI market data (trades, quotes, order books, OHLCV) over a WebSocket \
-and write every message as one NDJSON line on stdout. Logs and periodic health go to stderr.\n\n\
-The API key is read from the COINAPI_KEY environment variable (never a flag, never printed). \
-With --sim, coinfeed runs against its built-in CoinAPI simulator on 127.0.0.1 and needs no key.\n\n\
-Stop with Ctrl-C (or SIGTERM): reading stops, queued messages are written, a summary is logged, \
-exit code 0. A second Ctrl-C exits at once with code 130.",
-    args_conflicts_with_subcommands = true,
-    after_help = "Exit codes: 0 clean stop (signal or closed stdout), 1 runtime failure, \
-2 invalid command line, 3 API key refused by CoinAPI, 130 second Ctrl-C.\n\n\
-Example:\n  COINAPI_KEY=... coinfeed --symbols BITSTAMP_SPOT_BTC_USD,COINBASE_SPOT_ETH_USD --types trade,quote > feed.ndjson"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub run: RunArgs,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Run the built-in CoinAPI simulator as its own process (loopback only); prints its URLs as
-    /// one JSON line on stdout and serves until Ctrl-C.
-    Sim(crate::sim::cli::SimArgs),
-}
-
-/// Raw arguments of the ingester, exactly as typed; `Config::from_args` checks them.
-#[derive(Args, Debug)]
+#[command(name = "coinfeed")]
 pub struct RunArgs {
     /// Comma-separated CoinAPI symbol ids, matched exactly (e.g. BITSTAMP_SPOT_BTC_USD). End one
     /// with `*` to subscribe to every symbol starting with that prefix (e.g. BITSTAMP_SPOT_*).
@@ -539,8 +512,8 @@ mod tests {
     fn parse(args: &[&str], key: Option<&str>) -> Result<Config, ConfigError> {
         let mut argv = vec!["coinfeed"];
         argv.extend_from_slice(args);
-        let cli = Cli::try_parse_from(argv).expect("clap accepts the arguments");
-        Config::from_args(&cli.run, key.map(str::to_string), 2)
+        let args = RunArgs::try_parse_from(argv).expect("clap accepts the arguments");
+        Config::from_args(&args, key.map(str::to_string), 2)
     }
 
     fn check_refused(args: &[&str], key: Option<&str>, flag: &str, problem_part: &str) {

@@ -14,7 +14,6 @@ pub mod recovery;
 pub mod recovery_core;
 pub mod rest;
 pub mod shutdown;
-pub mod sim;
 pub mod stats;
 pub mod worker;
 pub mod writer;

@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
-use coinfeed::config::{Cli, Command, Config, SymbolFilter};
+use coinfeed::config::{Config, SymbolFilter};
 use coinfeed::pipeline::{self, PipelineExit};
 use coinfeed::shutdown::Shutdown;
-use coinfeed::sim;
 use coinfeed::stats::Stats;
+use coinfeed_sim as sim;
 
 /// Exit codes, also listed in `--help` and README.md.
 mod exit_code {
@@ -20,6 +20,36 @@ mod exit_code {
     pub const USAGE: u8 = 2;
     pub const KEY_REFUSED: u8 = 3;
     pub const SECOND_INTERRUPT: i32 = 130;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "coinfeed",
+    version,
+    about = "Subscribe to CoinAPI market data over WebSocket and write every message as one NDJSON line on stdout",
+    long_about = "Subscribe to CoinAPI market data (trades, quotes, order books, OHLCV) over a WebSocket \
+and write every message as one NDJSON line on stdout. Logs and periodic health go to stderr.\n\n\
+The API key is read from the COINAPI_KEY environment variable (never a flag, never printed). \
+With --sim, coinfeed runs against its built-in CoinAPI simulator on 127.0.0.1 and needs no key.\n\n\
+Stop with Ctrl-C (or SIGTERM): reading stops, queued messages are written, a summary is logged, \
+exit code 0. A second Ctrl-C exits at once with code 130.",
+    args_conflicts_with_subcommands = true,
+    after_help = "Exit codes: 0 clean stop (signal or closed stdout), 1 runtime failure, \
+2 invalid command line, 3 API key refused by CoinAPI, 130 second Ctrl-C.\n\n\
+Example:\n  COINAPI_KEY=... coinfeed --symbols BITSTAMP_SPOT_BTC_USD,COINBASE_SPOT_ETH_USD --types trade,quote > feed.ndjson"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: coinfeed::config::RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the built-in CoinAPI simulator as its own process (loopback only); prints its URLs as
+    /// one JSON line on stdout and serves until Ctrl-C.
+    Sim(coinfeed_sim::cli::SimArgs),
 }
 
 fn main() -> ExitCode {

@@ -667,14 +667,14 @@ fn server_error(frame: &[u8]) -> SessionEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Cli, Config};
+    use crate::config::{Config, RunArgs};
     use clap::Parser;
 
     fn config(args: &[&str]) -> Config {
         let mut argv = vec!["coinfeed"];
         argv.extend_from_slice(args);
-        let cli = Cli::try_parse_from(argv).expect("args");
-        Config::from_args(&cli.run, Some("KEY-1".into()), 2).expect("valid")
+        let args = RunArgs::try_parse_from(argv).expect("args");
+        Config::from_args(&args, Some("KEY-1".into()), 2).expect("valid")
     }
 
     #[test]

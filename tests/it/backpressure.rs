@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use coinfeed::sim::{EventKind, Sim, SimConfig};
+use coinfeed_sim::{EventKind, Sim, SimConfig};
 
 use crate::harness::{assert_accounting_closes, field, market_lines, Feed, FeedOptions};
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use coinfeed::sim::{EventKind, Sim, SimConfig, WsFault};
+use coinfeed_sim::{EventKind, Sim, SimConfig, WsFault};
 
 use crate::harness::{field, market_lines, strip_appended, Feed, KEY};
 

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use coinfeed::sim::{EventKind, RestFault, Sim, SimConfig, WsFault};
+use coinfeed_sim::{EventKind, RestFault, Sim, SimConfig, WsFault};
 
 use crate::harness::{assert_accounting_closes, control_lines, count_control, field, market_lines, rest_lines, Feed};
 

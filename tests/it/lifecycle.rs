@@ -10,7 +10,7 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use coinfeed::sim::{EventKind, Sim, SimConfig, SimEvent, WsFault};
+use coinfeed_sim::{EventKind, Sim, SimConfig, SimEvent, WsFault};
 
 use crate::harness::{control_lines, count_control, field, Feed};
 

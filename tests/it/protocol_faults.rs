@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use coinfeed::sim::{EventKind, Sim, SimConfig, WsFault};
+use coinfeed_sim::{EventKind, Sim, SimConfig, WsFault};
 
 use crate::harness::{field, market_lines, Feed};
 

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use coinfeed::sim::{Sim, SimConfig};
+use coinfeed_sim::{Sim, SimConfig};
 
 use crate::harness::{args, assert_accounting_closes, bin, field, market_lines, Feed, FeedOptions, KEY};
 

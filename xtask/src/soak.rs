@@ -6,12 +6,12 @@
 //! outside and imports nothing from the library; the latency histogram and the time parser live
 //! in `soak/latency.rs`, the SVG chart in `soak/chart.rs`.
 //!
-//! Build the binary first (`cargo run --example` does not rebuild it), then run:
+//! `./run.sh soak ARGS` builds the release binary and runs this (`cargo run -p xtask` does not
+//! rebuild the binary itself):
 //!
 //! ```text
-//! cargo build --release
-//! cargo run --release --example soak -- --minutes 10 --rate 1000 --symbols 10
-//! cargo run --release --example soak -- --seconds 30 --rate 20000 --slow-reader-us 200 --out /tmp/overload
+//! ./run.sh soak --minutes 10 --rate 1000 --symbols 10
+//! ./run.sh soak --seconds 30 --rate 20000 --slow-reader-us 200 --out /tmp/overload
 //! ```
 //!
 //! A run with `--slow-reader-us` above zero is an overload run: drops are expected and reported,
@@ -28,12 +28,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use clap::Parser;
 use parking_lot::Mutex;
 
-#[path = "soak/chart.rs"]
 mod chart;
-#[path = "soak/latency.rs"]
 mod latency;
 
 use latency::Histogram;
@@ -72,9 +69,8 @@ const SOURCE_DEPTH_MAX: usize = 4;
 const WS_DATA_SUFFIX: &[u8] = br#""source":"ws"}"#;
 const RECV_TIME_KEY: &[u8] = br#""recv_time":""#;
 
-#[derive(Parser, Debug)]
-#[command(about = "Soak or overload run of the release coinfeed binary against its simulator")]
-struct Args {
+#[derive(clap::Args, Debug)]
+pub struct Args {
     /// Run length in minutes (ignored when --seconds is given).
     #[arg(long, default_value_t = 10)]
     minutes: u64,
@@ -97,7 +93,7 @@ struct Args {
     /// Directory for soak.csv, rss.svg and the children's logs.
     #[arg(long, default_value = "target/soak")]
     out: PathBuf,
-    /// The coinfeed binary [default: target/release/coinfeed, next to this example].
+    /// The coinfeed binary [default: target/release/coinfeed, next to this program].
     #[arg(long)]
     bin: Option<PathBuf>,
 }
@@ -149,10 +145,10 @@ impl Plan {
     }
 }
 
-/// `target/release/examples/soak` → `target/release/coinfeed`.
+/// `target/release/xtask` → `target/release/coinfeed`.
 fn default_bin() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
-    let release_dir = exe.parent().and_then(Path::parent).ok_or("this executable has no parent directory")?;
+    let release_dir = exe.parent().ok_or("this executable has no parent directory")?;
     Ok(release_dir.join("coinfeed"))
 }
 
@@ -160,7 +156,8 @@ fn default_bin() -> Result<PathBuf, String> {
 /// measure old code: warn when a file under src/ is newer than it.
 fn warn_if_stale(bin: &Path) {
     let bin_time = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    // The workspace root's src/ (this crate sits in xtask/ beside it).
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../src");
     if let (Some(bin_time), Some(src_time)) = (bin_time, newest_modification(&src, SOURCE_DEPTH_MAX)) {
         if src_time > bin_time {
             eprintln!(
@@ -190,8 +187,10 @@ fn newest_modification(dir: &Path, depth: usize) -> Option<SystemTime> {
     newest
 }
 
-fn main() -> ExitCode {
-    let plan = match Plan::from_args(Args::parse()) {
+/// `cargo xtask soak ...` (through `./run.sh soak`): one run, its report, and its verdict as the
+/// exit code.
+pub fn main(args: Args) -> ExitCode {
+    let plan = match Plan::from_args(args) {
         Ok(plan) => plan,
         Err(e) => {
             eprintln!("soak: error: {e}");
