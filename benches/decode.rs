@@ -8,10 +8,16 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tungstenite::Utf8Bytes;
 
-use coinfeed::gaps::{SequenceTracker, TradeDedup};
-use coinfeed::protocol::{self, DataType, Source, TimestampFormatter};
-use coinfeed::stats::Stats;
-use coinfeed::worker::{Frame, Worker, WorkerInput};
+use coinfeed::lanes::{self, Frame, WorkerInput};
+use coinfeed::metrics::Metrics;
+use coinfeed::output::ndjson::{self, Source, TimestampFormatter};
+use coinfeed::wire::{self, DataType};
+use coinfeed::worker::dedup::RecentIds;
+use coinfeed::worker::symbols::{SymbolTable, TableLimits};
+use coinfeed::worker::Worker;
+
+/// The default bounds: exact symbols, 100-trade recovery pages.
+const LIMITS: TableLimits = TableLimits { symbols_max: 10_000, trade_ids_per_symbol: 256 };
 
 const TRADE: &str = r#"{"type":"trade","symbol_id":"BITSTAMP_SPOT_BTC_USD","sequence":2323346,"time_exchange":"2026-11-28T06:44:26.1230000Z","time_coinapi":"2026-11-28T06:44:26.1763342Z","uuid":"770C7A3B-7258-4441-8182-83740F3E2457","price":91234.123456789,"size":0.0189885151556305438646080756,"taker_side":"BUY"}"#;
 const QUOTE: &str = r#"{"type":"quote","symbol_id":"COINBASE_SPOT_ETH_USD","sequence":99887766,"time_exchange":"2026-11-28T06:44:26.1230000Z","time_coinapi":"2026-11-28T06:44:26.1763342Z","ask_price":3012.450000000,"ask_size":12.000000000000000001,"bid_price":3012.440000000,"bid_size":0.0000000100000000000000000001}"#;
@@ -58,8 +64,8 @@ fn decode_and_format(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_format");
     for (name, text) in [("trade", TRADE), ("quote", QUOTE), ("ohlcv", OHLCV), ("book20", book.as_str())] {
         group.throughput(Throughput::Bytes(text.len() as u64));
-        let stats = Stats::default();
-        let mut worker = Worker::new(0, &stats);
+        let metrics = Metrics::new(1);
+        let mut worker = Worker::new(0, LIMITS, &metrics);
         let frames = ring(text);
         let mut next = 0usize;
         group.bench_function(name, |b| {
@@ -83,7 +89,7 @@ fn decode_and_format(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             let t = ts.format(black_box(1_795_848_000_123_456_700));
-            protocol::append_line(&mut out, black_box(TRADE.as_bytes()), t, Source::Ws);
+            ndjson::append_line(&mut out, black_box(TRADE.as_bytes()), t, Source::Ws);
             black_box(out.len())
         })
     });
@@ -96,9 +102,9 @@ fn reader_side(c: &mut Criterion) {
     group.bench_function("classify_scan_route_trade", |b| {
         b.iter(|| {
             let bytes = black_box(TRADE.as_bytes());
-            let kind = protocol::classify(bytes);
-            let symbol = protocol::scan_field(bytes, b"symbol_id").unwrap_or(b"");
-            (kind, protocol::route(symbol, 2))
+            let kind = wire::classify(bytes);
+            let symbol = wire::scan_field(bytes, b"symbol_id").unwrap_or(b"");
+            (kind, lanes::route(symbol, 2))
         })
     });
     group.finish();
@@ -108,7 +114,7 @@ fn per_symbol_state(c: &mut Criterion) {
     let mut group = c.benchmark_group("per_symbol_state");
     group.throughput(Throughput::Elements(1));
     let symbols: Vec<String> = (0..100).map(|i| format!("BINANCE_SPOT_C{i:03}_USDT")).collect();
-    let mut tracker = SequenceTracker::default();
+    let mut table = SymbolTable::new(LIMITS);
     let mut sequence = 0u64;
     let mut i = 0usize;
     group.bench_function("sequence_observe_in_order_100_symbols", |b| {
@@ -117,16 +123,17 @@ fn per_symbol_state(c: &mut Criterion) {
             if i == 0 {
                 sequence += 1;
             }
-            black_box(tracker.observe(1, DataType::Trade, &symbols[i], sequence + 1))
+            black_box(table.observe(1, DataType::Trade, &symbols[i], sequence + 1))
         })
     });
     let uuids: Vec<String> = (0..4096u32).map(|n| format!("770C7A3B-7258-4441-8182-{n:012X}")).collect();
-    let mut dedup = TradeDedup::default();
+    // The trade-id memory of one symbol at the old default depth, so the figure compares.
+    let mut ids = RecentIds::default();
     let mut k = 0usize;
     group.bench_function("trade_uuid_insert", |b| {
         b.iter(|| {
             k = (k + 1) % uuids.len();
-            black_box(dedup.insert("BITSTAMP_SPOT_BTC_USD", &uuids[k]))
+            black_box(ids.insert(&uuids[k], 4096))
         })
     });
     group.finish();

@@ -14,14 +14,15 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+use coinfeed::app;
 use coinfeed::config::{Config, RunArgs, SIM_DEFAULT_SYMBOLS};
-use coinfeed::pipeline;
+use coinfeed::metrics::{proc, Metrics, Snapshot};
 use coinfeed::shutdown::Shutdown;
-use coinfeed::stats::{self, Stats};
 
 struct SimProcess {
     child: Child,
@@ -92,7 +93,7 @@ fn bare_read(ws_url: &str, n: u64) -> (f64, u64) {
 }
 
 /// The pipeline at default settings into a discarded sink. Returns (seconds, stats snapshot).
-fn pipeline_read(sim: &SimProcess, n: u64) -> (f64, stats::Snapshot) {
+fn pipeline_read(sim: &SimProcess, n: u64) -> (f64, Snapshot) {
     let args = RunArgs::try_parse_from([
         "coinfeed",
         "--symbols",
@@ -108,15 +109,17 @@ fn pipeline_read(sim: &SimProcess, n: u64) -> (f64, stats::Snapshot) {
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
     let mut config = Config::from_args(&args, Some("bench".into()), cores).expect("config");
     config.use_endpoints(&sim.ws_url, &sim.rest_url).expect("endpoints");
-    let stats = Stats::default();
-    let shutdown = Shutdown::new();
+    let metrics = Arc::new(Metrics::new(config.pipeline.n_workers));
+    let shutdown = Arc::new(Shutdown::new());
+    let config = Arc::new(config);
     let mut elapsed = 0.0;
     std::thread::scope(|s| {
-        let run = s.spawn(|| pipeline::run(&config, &shutdown, &stats, std::io::sink()));
+        let run =
+            s.spawn(|| app::run(Arc::clone(&config), Arc::clone(&shutdown), Arc::clone(&metrics), std::io::sink()));
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut started = None;
         loop {
-            let snap = stats.snapshot();
+            let snap = metrics.snapshot();
             if snap.received > 0 {
                 started.get_or_insert_with(Instant::now);
             }
@@ -130,7 +133,7 @@ fn pipeline_read(sim: &SimProcess, n: u64) -> (f64, stats::Snapshot) {
         shutdown.request();
         run.join().expect("pipeline thread");
     });
-    (elapsed, stats.snapshot())
+    (elapsed, metrics.snapshot())
 }
 
 fn main() {
@@ -150,7 +153,7 @@ fn main() {
         let sim = SimProcess::start(n);
         pipeline_read(&sim, n)
     };
-    let peak_kib = stats::memory_kib().map(|(_, peak)| peak).unwrap_or(0);
+    let peak_kib = proc::memory_kib().map(|(_, peak)| peak).unwrap_or(0);
     let floor_rate = n as f64 / floor.0.max(1e-9);
     let rate = snap.written as f64 / secs.max(1e-9);
     println!("e2e: {n} trade/quote messages from a simulator process over loopback");

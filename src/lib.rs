@@ -1,19 +1,18 @@
 //! coinfeed: a synchronous, bounded CoinAPI WebSocket ingester that writes NDJSON on stdout.
 //!
-//! The binary (`src/main.rs`) only parses the command line and maps the outcome to an exit code;
-//! everything else lives here so tests and benches drive the same code. See ARCHITECTURE.md.
+//! The binary (`src/main.rs`) parses the command line and maps the outcome to an exit code;
+//! everything else lives here so tests and benches drive the same code. See ARCHITECTURE.md for
+//! the rooms and the rules between them.
 
-pub mod backoff;
+pub mod app;
+pub mod clock;
 pub mod config;
-pub mod gaps;
-pub mod json_scan;
-pub mod pipeline;
-pub mod protocol;
-pub mod reader;
+pub mod fault;
+pub mod ingest;
+pub mod lanes;
+pub mod metrics;
+pub mod output;
 pub mod recovery;
-pub mod recovery_core;
-pub mod rest;
 pub mod shutdown;
-pub mod stats;
+pub mod wire;
 pub mod worker;
-pub mod writer;

@@ -1,25 +1,38 @@
 //! The `coinfeed` binary: parse the command line, set up logging and the Ctrl-C handler, run the
-//! pipeline (or the standalone simulator) and map the outcome to an exit code. Everything else
-//! lives in the library.
+//! pipeline (or the standalone simulator) and map the outcome to an exit code. `main` owns every
+//! exit code (`Exit`); the library never exits the process and returns typed outcomes.
 
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use coinfeed::app::{self, Outcome};
 use coinfeed::config::{Config, SymbolFilter};
-use coinfeed::pipeline::{self, PipelineExit};
+use coinfeed::metrics::Metrics;
 use coinfeed::shutdown::Shutdown;
-use coinfeed::stats::Stats;
 use coinfeed_sim as sim;
 
-/// Exit codes, also listed in `--help` and README.md.
-mod exit_code {
-    pub const RUNTIME_FAILURE: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const KEY_REFUSED: u8 = 3;
-    pub const SECOND_INTERRUPT: i32 = 130;
+/// Every exit code of the program, listed in `--help` and README.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// A clean stop: a signal, or stdout closed by its reader.
+    Clean = 0,
+    /// A runtime failure: stdout write error, a thread that panicked, a stop past
+    /// `--shutdown-timeout`, the simulator could not start.
+    Failure = 1,
+    /// An invalid command line or a missing `COINAPI_KEY` (also clap's own usage errors).
+    Usage = 2,
+    /// CoinAPI refused the API key: retrying cannot help.
+    KeyRefused = 3,
+    /// A second Ctrl-C during the graceful stop.
+    SecondInterrupt = 130,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        std::process::ExitCode::from(exit as u8)
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -35,7 +48,7 @@ Stop with Ctrl-C (or SIGTERM): reading stops, queued messages are written, a sum
 exit code 0. A second Ctrl-C exits at once with code 130.",
     args_conflicts_with_subcommands = true,
     after_help = "Exit codes: 0 clean stop (signal or closed stdout), 1 runtime failure, \
-2 invalid command line, 3 API key refused by CoinAPI, 130 second Ctrl-C.\n\n\
+2 invalid command line, 3 API key refused by CoinAPI, 130 second Ctrl-C. A thread that fails (panics) stops the run with exit 1.\n\n\
 Example:\n  COINAPI_KEY=... coinfeed --symbols BITSTAMP_SPOT_BTC_USD,COINBASE_SPOT_ETH_USD --types trade,quote > feed.ndjson"
 )]
 struct Cli {
@@ -52,28 +65,29 @@ enum Command {
     Sim(coinfeed_sim::cli::SimArgs),
 }
 
-fn main() -> ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version also arrive here, with exit code 0; usage errors with 2.
             let _ = e.print();
-            return ExitCode::from(e.exit_code() as u8);
+            return std::process::ExitCode::from(e.exit_code() as u8);
         }
     };
     match cli.command {
         Some(Command::Sim(args)) => run_sim(&args),
         None => run_ingest(&cli.run),
     }
+    .into()
 }
 
-fn run_ingest(args: &coinfeed::config::RunArgs) -> ExitCode {
+fn run_ingest(args: &coinfeed::config::RunArgs) -> Exit {
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
     let mut config = match Config::from_args(args, std::env::var("COINAPI_KEY").ok(), cores) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}\n\nFor more information, try '--help'.");
-            return ExitCode::from(exit_code::USAGE);
+            return Exit::Usage;
         }
     };
     init_logging(config.log_level);
@@ -81,73 +95,80 @@ fn run_ingest(args: &coinfeed::config::RunArgs) -> ExitCode {
     let shutdown = Arc::new(Shutdown::new());
     if let Err(e) = install_interrupt_handler(Arc::clone(&shutdown)) {
         log::error!("cannot install the Ctrl-C handler: {e}");
-        return ExitCode::from(exit_code::RUNTIME_FAILURE);
+        return Exit::Failure;
     }
 
-    let simulator = if config.sim {
-        let mut sim_config = sim::SimConfig { rate_per_sec: config.sim_rate, ..sim::SimConfig::default() };
-        let exact: Vec<String> = config
-            .symbols
-            .iter()
-            .filter_map(|s| match s {
-                SymbolFilter::Exact(x) => Some(x.clone()),
-                SymbolFilter::Prefix(_) => None,
-            })
-            .collect();
-        // Prefix filters match among the simulator's default symbols.
-        if exact.len() == config.symbols.len() {
-            sim_config.symbols = exact;
-        }
-        match sim::Sim::start(sim_config) {
-            Ok(s) => {
-                if let Err(e) = config.use_endpoints(&s.ws_url(), &s.rest_url()) {
-                    log::error!("the simulator gave an unusable address: {e}");
-                    return ExitCode::from(exit_code::RUNTIME_FAILURE);
-                }
-                log::info!("running against the built-in simulator at {} ({} msg/s)", s.ws_url(), config.sim_rate);
-                Some(s)
-            }
+    let simulator = match config.sim_rate {
+        Some(rate) => match start_simulator(&mut config, rate) {
+            Ok(s) => Some(s),
             Err(e) => {
-                log::error!("cannot start the built-in simulator: {e}");
-                return ExitCode::from(exit_code::RUNTIME_FAILURE);
+                log::error!("{e}");
+                return Exit::Failure;
             }
-        }
-    } else {
-        None
+        },
+        None => None,
     };
 
-    let stats = Stats::default();
-    let exit = pipeline::run(&config, &shutdown, &stats, std::io::stdout());
+    let metrics = Arc::new(Metrics::new(config.pipeline.n_workers));
+    let outcome = app::run(Arc::new(config), shutdown, metrics, std::io::stdout());
     if let Some(s) = simulator {
         s.shutdown();
     }
-    match exit {
-        PipelineExit::Clean => ExitCode::SUCCESS,
-        PipelineExit::KeyRefused(_) => {
+    match outcome {
+        Outcome::Clean => Exit::Clean,
+        Outcome::KeyRefused(_) => {
             // The reader already logged CoinAPI's message; say only what happens now.
-            log::error!("exiting with code {}: fix COINAPI_KEY and start again", exit_code::KEY_REFUSED);
-            ExitCode::from(exit_code::KEY_REFUSED)
+            log::error!("exiting with code {}: fix COINAPI_KEY and start again", Exit::KeyRefused as u8);
+            Exit::KeyRefused
         }
-        PipelineExit::OutputFailed(msg) => {
-            log::error!("exiting: stdout failed: {msg}");
-            ExitCode::from(exit_code::RUNTIME_FAILURE)
+        Outcome::OutputFailed(msg) => {
+            log::error!("exiting with code {}: stdout failed: {msg}", Exit::Failure as u8);
+            Exit::Failure
         }
+        Outcome::ThreadPanicked { thread, message } => {
+            log::error!("exiting with code {}: the {thread} thread panicked ({message})", Exit::Failure as u8);
+            Exit::Failure
+        }
+        Outcome::ShutdownTimedOut => Exit::Failure,
     }
 }
 
-fn run_sim(args: &sim::cli::SimArgs) -> ExitCode {
+/// Starts the built-in simulator for `--sim` and points the config at it.
+fn start_simulator(config: &mut Config, rate: u64) -> Result<sim::Sim, String> {
+    let mut sim_config = sim::SimConfig { rate_per_sec: rate, ..sim::SimConfig::default() };
+    let symbols = &config.ingest.symbols;
+    let exact: Vec<String> = symbols
+        .iter()
+        .filter_map(|s| match s {
+            SymbolFilter::Exact(x) => Some(x.clone()),
+            SymbolFilter::Prefix(_) => None,
+        })
+        .collect();
+    // Prefix filters match among the simulator's default symbols.
+    if exact.len() == symbols.len() {
+        sim_config.symbols = exact;
+    }
+    let s = sim::Sim::start(sim_config).map_err(|e| format!("cannot start the built-in simulator: {e}"))?;
+    config
+        .use_endpoints(&s.ws_url(), &s.rest_url())
+        .map_err(|e| format!("the simulator gave an unusable address: {e}"))?;
+    log::info!("running against the built-in simulator at {} ({rate} msg/s)", s.ws_url());
+    Ok(s)
+}
+
+fn run_sim(args: &sim::cli::SimArgs) -> Exit {
     init_logging(log::LevelFilter::Info);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
         log::error!("cannot install the Ctrl-C handler: {e}");
-        return ExitCode::from(exit_code::RUNTIME_FAILURE);
+        return Exit::Failure;
     }
     match sim::cli::run_standalone(args, &stop) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Clean,
         Err(e) => {
             log::error!("simulator: {e}");
-            ExitCode::from(exit_code::RUNTIME_FAILURE)
+            Exit::Failure
         }
     }
 }
@@ -161,7 +182,7 @@ fn install_interrupt_handler(shutdown: Arc<Shutdown>) -> Result<(), ctrlc::Error
             shutdown.request();
         } else {
             eprintln!("interrupted twice: exiting at once");
-            std::process::exit(exit_code::SECOND_INTERRUPT);
+            std::process::exit(Exit::SecondInterrupt as i32);
         }
     })
 }

@@ -103,11 +103,13 @@ pub struct FeedOptions {
     /// Start reading stdout at once (false: only after `release_stdout`).
     pub read_stdout: bool,
     pub key: Option<String>,
+    /// Extra environment variables for the child, on top of the test process's own.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for FeedOptions {
     fn default() -> Self {
-        FeedOptions { read_stdout: true, key: Some(KEY.to_string()) }
+        FeedOptions { read_stdout: true, key: Some(KEY.to_string()), env: Vec::new() }
     }
 }
 
@@ -123,6 +125,9 @@ impl Feed {
         cmd.env_remove("COINAPI_KEY");
         if let Some(k) = &opts.key {
             cmd.env("COINAPI_KEY", k);
+        }
+        for (name, value) in &opts.env {
+            cmd.env(name, value);
         }
         let mut child = cmd.spawn().expect("spawn coinfeed");
         let stdout: ChildStdout = child.stdout.take().expect("stdout");
@@ -154,6 +159,26 @@ impl Feed {
     pub fn signal(&self, name: &str) {
         let ok = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().expect("kill");
         assert!(ok.success(), "kill -{name} failed");
+    }
+
+    /// Waits for exit within `timeout` without killing: `None` if it is still running then.
+    /// Returns the status and how long the wait took.
+    pub fn exit_within(&mut self, timeout: Duration) -> Option<(ExitStatus, Duration)> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.release_stdout();
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                return Some((status, started.elapsed()));
+            }
+            if started.elapsed() > timeout {
+                return None;
+            }
+            // Polling the child's status: there is no portable blocking wait with a timeout.
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Waits for exit within `timeout`; kills the process and fails the test otherwise.

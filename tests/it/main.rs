@@ -4,6 +4,7 @@
 mod backpressure;
 mod cli;
 mod delivery;
+mod failures;
 mod gaps;
 mod harness;
 mod lifecycle;

@@ -44,8 +44,8 @@ const EVENT_LOG_CAPACITY: usize = 100_000;
 /// Faults queued per connection (and for the next connection) before new ones are dropped.
 const FAULT_QUEUE_CAPACITY: usize = 10_000;
 
-/// Trades per symbol remembered for the REST "latest trades" overlap with the WebSocket.
-const REST_OVERLAP_TRADES: usize = 32;
+/// Largest `rest_overlap_trades` accepted (the REST answer's own cap is 10,000 items).
+const REST_OVERLAP_TRADES_MAX: usize = 10_000;
 
 /// Longest fault description kept in a `FaultApplied` event (a `Text` fault can be megabytes).
 const FAULT_DESCRIPTION_MAX: usize = 200;
@@ -71,6 +71,9 @@ pub struct SimConfig {
     pub rest_listen: SocketAddr,
     /// Silence after which a `hearbeat` is sent when the hello asked for them.
     pub heartbeat_after: Duration,
+    /// WebSocket trades per symbol the REST "latest trades" answer repeats after its new ones
+    /// (the overlap a client must de-duplicate).
+    pub rest_overlap_trades: usize,
 }
 
 impl Default for SimConfig {
@@ -86,6 +89,7 @@ impl Default for SimConfig {
             ws_listen: loopback,
             rest_listen: loopback,
             heartbeat_after: Duration::from_secs(1),
+            rest_overlap_trades: 32,
         }
     }
 }
@@ -301,7 +305,7 @@ impl Shared {
         let mut all = self.recent_trades.lock();
         let list = all.entry(symbol_id.to_string()).or_default();
         for (uuid, fields) in trades {
-            if list.len() == REST_OVERLAP_TRADES {
+            if list.len() >= self.config.rest_overlap_trades {
                 list.pop_front();
             }
             list.push_back((uuid.to_ascii_lowercase(), fields));
@@ -370,6 +374,12 @@ impl Sim {
         }
         if config.book_levels == 0 || config.book_levels > BOOK_LEVELS_MAX {
             return Err(invalid(format!("sim book_levels {} is outside 1..={BOOK_LEVELS_MAX}", config.book_levels)));
+        }
+        if config.rest_overlap_trades == 0 || config.rest_overlap_trades > REST_OVERLAP_TRADES_MAX {
+            return Err(invalid(format!(
+                "sim rest_overlap_trades {} is outside 1..={REST_OVERLAP_TRADES_MAX}",
+                config.rest_overlap_trades
+            )));
         }
         if config.heartbeat_after.is_zero() {
             return Err(invalid("sim heartbeat_after must be positive".to_string()));

@@ -1,135 +1,30 @@
-//! The command line: clap parses raw arguments (`RunArgs`), then `Config::from_args` validates them
-//! into a plain, fully-checked `Config` that the pipeline receives explicitly.
+//! Configuration, validated once: clap parses raw arguments (`cli::RunArgs`), then
+//! `Config::from_args` checks them into a plain `Config` made of one sub-config per component
+//! (`ingest`, `pipeline`, `recovery`) plus the derived bounds (`limits::Limits`), which the
+//! pipeline receives explicitly. Every limit lives in `limits.rs` with its default, its range
+//! and its relations to the others.
 //!
-//! Every limit of the program lives here with its default and the reason for it. Nothing is
-//! started before validation passes; a bad value yields a `ConfigError` naming the flag, what was
-//! wrong and what to do (exit code 2). The API key comes only from the environment and never
-//! appears in Debug output.
+//! Nothing is started before validation passes; a bad value yields a `ConfigError` naming the
+//! flag, what was wrong and what to do (exit code 2). The API key comes only from the environment
+//! and never appears in Debug output.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use clap::Parser;
 use tungstenite::http::Uri;
 
-use crate::protocol::DataType;
+use crate::wire::DataType;
+
+pub mod cli;
+pub mod limits;
+
+pub use cli::RunArgs;
+use limits::{Limits, MAX_MESSAGE_BYTES, MAX_SYMBOLS};
 
 /// Default symbols when `--sim` is given without `--symbols`: the simulator serves these.
 pub const SIM_DEFAULT_SYMBOLS: &str =
     "BITSTAMP_SPOT_BTC_USD,COINBASE_SPOT_ETH_USD,BINANCE_SPOT_SOL_USDT,KRAKEN_SPOT_XRP_EUR,BINANCEFTS_PERP_BTC_USDT";
-
-/// Largest WebSocket message accepted. CoinAPI messages are a few KiB at most (a book50 snapshot
-/// is ~5 KiB); 4 MiB leaves room for anything legitimate while refusing a 64 MiB allocation.
-pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
-
-/// How often the reader's blocking read returns to check for shutdown and staleness.
-pub const READ_TICK: Duration = Duration::from_millis(100);
-
-/// Upper bound on the symbols one process subscribes to; also bounds every per-symbol map.
-pub const MAX_SYMBOLS: usize = 10_000;
-
-/// Raw arguments of the ingester, exactly as typed; `Config::from_args` checks them. The binary
-/// flattens these into its command line (beside the `sim` subcommand); tests and benches parse
-/// them directly with `RunArgs::try_parse_from`.
-#[derive(Parser, Debug)]
-#[command(name = "coinfeed")]
-pub struct RunArgs {
-    /// Comma-separated CoinAPI symbol ids, matched exactly (e.g. BITSTAMP_SPOT_BTC_USD). End one
-    /// with `*` to subscribe to every symbol starting with that prefix (e.g. BITSTAMP_SPOT_*).
-    /// Required unless --sim (which defaults to the simulator's five symbols).
-    #[arg(long, value_name = "LIST")]
-    pub symbols: Option<String>,
-
-    /// Comma-separated data types: trade, quote, book, book5, book20, book50, book_l3, ohlcv, exrate.
-    #[arg(long, value_name = "LIST", default_value = "trade,quote")]
-    pub types: String,
-
-    /// CoinAPI WebSocket endpoint (wss://, or ws:// to a loopback host).
-    #[arg(long, value_name = "URL", default_value = "wss://ws.coinapi.io/v1/", conflicts_with = "sim")]
-    pub ws_url: String,
-
-    /// CoinAPI REST endpoint, used for gap recovery.
-    #[arg(long, value_name = "URL", default_value = "https://rest.coinapi.io", conflicts_with = "sim")]
-    pub rest_url: String,
-
-    /// Worker threads that decode and format messages [default: available cores].
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-
-    /// Capacity of each worker's input channel, in messages. When a channel stays full the reader
-    /// drops (and counts) messages rather than stop reading the socket.
-    #[arg(long, value_name = "N", default_value_t = 500)]
-    pub queue_capacity: usize,
-
-    /// How long the reader may wait for room in a full channel to absorb a burst before it starts
-    /// dropping messages, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 50)]
-    pub queue_wait_ms: u64,
-
-    /// Maximum REST recovery requests per second (CoinAPI rate limits and credits).
-    #[arg(long, value_name = "X", default_value_t = 2.0)]
-    pub recovery_rps: f64,
-
-    /// Most symbol/data-type pairs waiting for REST recovery at once; more gaps are counted and
-    /// logged, not queued.
-    #[arg(long, value_name = "N", default_value_t = 4096)]
-    pub recovery_max_pending: usize,
-
-    /// REST requests per recovery key that may fail (5xx, timeout, bad body) before it is given up.
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    pub recovery_max_attempts: u32,
-
-    /// Seconds one REST request may take in all (connect, send, read).
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    pub recovery_timeout: f64,
-
-    /// Trades fetched per trade recovery (`limit` of /v1/trades/{symbol}/latest; 100 costs one credit).
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub recovery_trades_limit: u32,
-
-    /// Most REST credits recovery may spend per rolling 24 hours [default: no cap].
-    #[arg(long, value_name = "CREDITS")]
-    pub recovery_budget: Option<u64>,
-
-    /// Seconds allowed for DNS, TCP, TLS and the WebSocket upgrade together.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    pub connect_timeout: f64,
-
-    /// Seconds without any message (data or heartbeat) after which the connection is declared
-    /// dead and replaced.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
-    pub stale_timeout: f64,
-
-    /// Longest wait between reconnection attempts, in seconds (exponential backoff with jitter).
-    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
-    pub backoff_max: f64,
-
-    /// Seconds between health lines on stderr; 0 turns them off.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    pub health_interval: f64,
-
-    /// Seconds a graceful stop may take (drain and flush) before coinfeed gives up and exits 1.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
-    pub shutdown_timeout: f64,
-
-    /// Log level on stderr: error, warn, info, debug or trace.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    pub log_level: String,
-
-    /// Run against the built-in CoinAPI simulator on 127.0.0.1 instead of CoinAPI (no key needed).
-    #[arg(long)]
-    pub sim: bool,
-
-    /// Simulator only: data messages per second it sends (0 = as fast as possible).
-    #[arg(long, value_name = "N", default_value_t = 100, requires = "sim")]
-    pub sim_rate: u64,
-
-    /// Allow an unencrypted ws:// URL to a host that is not loopback (the API key would travel in
-    /// clear text).
-    #[arg(long)]
-    pub allow_insecure_ws: bool,
-}
 
 /// A validated symbol filter as CoinAPI expects it: exact (`SYMBOL$`) or prefix (`PREFIX`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,34 +72,56 @@ pub struct WsEndpoint {
     pub tls: bool,
 }
 
-/// Everything the pipeline needs, validated. Passed explicitly; no global state.
+/// The connection: what to subscribe to, where, and its timeouts.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct IngestConfig {
     pub symbols: Vec<SymbolFilter>,
     pub data_types: Vec<DataType>,
     pub ws: WsEndpoint,
-    pub rest_url: String,
     pub api_key: ApiKey,
-    pub n_workers: usize,
-    pub queue_capacity: usize,
-    pub queue_wait: Duration,
-    pub recovery_rps: f64,
-    pub recovery_max_pending: usize,
-    pub recovery_max_attempts: u32,
-    pub recovery_timeout: Duration,
-    pub recovery_trades_limit: u32,
-    /// Credits per rolling 24 h; `None` for no cap.
-    pub recovery_budget: Option<u64>,
     pub connect_timeout: Duration,
     pub stale_timeout: Duration,
     pub backoff_max: Duration,
+    pub max_message_bytes: usize,
+}
+
+/// The threads between the socket and stdout.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub n_workers: usize,
+    /// Messages per worker channel.
+    pub queue_capacity: usize,
+    /// How long the reader waits on a full channel before it sheds.
+    pub queue_wait: Duration,
     /// `None` turns the periodic health line off.
     pub health_interval: Option<Duration>,
     pub shutdown_timeout: Duration,
+}
+
+/// REST gap recovery.
+#[derive(Debug, Clone)]
+pub struct RecoveryConfig {
+    pub rest_url: String,
+    pub api_key: ApiKey,
+    pub rps: f64,
+    pub max_pending: usize,
+    pub max_attempts: u32,
+    pub timeout: Duration,
+    pub trades_limit: u32,
+    /// Credits per rolling 24 h; `None` for no cap.
+    pub budget: Option<u64>,
+}
+
+/// Everything the pipeline needs, validated. Passed explicitly; no global state.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub ingest: IngestConfig,
+    pub pipeline: PipelineConfig,
+    pub recovery: RecoveryConfig,
+    pub limits: Limits,
     pub log_level: log::LevelFilter,
-    pub sim: bool,
-    pub sim_rate: u64,
-    pub max_message_bytes: usize,
+    /// Run against the built-in simulator, sending this many messages per second.
+    pub sim_rate: Option<u64>,
 }
 
 /// A refused command line: which flag, what was wrong, what to do.
@@ -260,28 +177,9 @@ impl Config {
         let ws = parse_ws_url(&args.ws_url, args.allow_insecure_ws)?;
         let rest_url = parse_rest_url(&args.rest_url)?;
 
-        let n_workers = args.workers.unwrap_or(n_cores.max(1));
-        if n_workers == 0 || n_workers > 256 {
-            return Err(err(
-                "--workers",
-                format!("must be between 1 and 256 (got {n_workers})"),
-                "omit it to use one worker per core",
-            ));
-        }
-        if args.queue_capacity == 0 || args.queue_capacity > 1_000_000 {
-            return Err(err(
-                "--queue-capacity",
-                format!("must be between 1 and 1000000 (got {})", args.queue_capacity),
-                "it is the per-worker channel size in messages; the default is 500",
-            ));
-        }
-        if args.queue_wait_ms > 10_000 {
-            return Err(err(
-                "--queue-wait-ms",
-                format!("must be at most 10000 (got {})", args.queue_wait_ms),
-                "a long wait stalls the socket; the default is 50",
-            ));
-        }
+        let n_workers = limits::check("--workers", args.workers.unwrap_or(n_cores.max(1)) as u64)? as usize;
+        let queue_capacity = limits::check("--queue-capacity", args.queue_capacity as u64)? as usize;
+        let queue_wait = Duration::from_millis(limits::check("--queue-wait-ms", args.queue_wait_ms)?);
         if !(args.recovery_rps.is_finite() && args.recovery_rps > 0.0 && args.recovery_rps <= 100.0) {
             return Err(err(
                 "--recovery-rps",
@@ -289,27 +187,9 @@ impl Config {
                 "CoinAPI rate-limits REST calls; the default is 2",
             ));
         }
-        if args.recovery_max_pending == 0 || args.recovery_max_pending > 1_000_000 {
-            return Err(err(
-                "--recovery-max-pending",
-                format!("must be between 1 and 1000000 (got {})", args.recovery_max_pending),
-                "the default is 4096",
-            ));
-        }
-        if args.recovery_max_attempts == 0 || args.recovery_max_attempts > 100 {
-            return Err(err(
-                "--recovery-max-attempts",
-                format!("must be between 1 and 100 (got {})", args.recovery_max_attempts),
-                "the default is 5",
-            ));
-        }
-        if args.recovery_trades_limit == 0 || args.recovery_trades_limit > 100_000 {
-            return Err(err(
-                "--recovery-trades-limit",
-                format!("must be between 1 and 100000 (got {})", args.recovery_trades_limit),
-                "the default is 100 (one credit)",
-            ));
-        }
+        let max_pending = limits::check("--recovery-max-pending", args.recovery_max_pending as u64)? as usize;
+        let max_attempts = limits::check("--recovery-max-attempts", u64::from(args.recovery_max_attempts))? as u32;
+        let trades_limit = limits::check("--recovery-trades-limit", u64::from(args.recovery_trades_limit))? as u32;
         if args.recovery_budget == Some(0) {
             return Err(err(
                 "--recovery-budget",
@@ -317,15 +197,17 @@ impl Config {
                 "omit it for no cap; to turn recovery off use a tiny budget such as 1",
             ));
         }
-        let recovery_timeout = seconds("--recovery-timeout", args.recovery_timeout, 0.1, 300.0)?;
-        let connect_timeout = seconds("--connect-timeout", args.connect_timeout, 0.1, 300.0)?;
-        let stale_timeout = seconds("--stale-timeout", args.stale_timeout, 0.2, 3600.0)?;
-        let backoff_max = seconds("--backoff-max", args.backoff_max, 0.1, 3600.0)?;
-        let shutdown_timeout = seconds("--shutdown-timeout", args.shutdown_timeout, 0.1, 600.0)?;
+        let exact = symbols.iter().all(|s| matches!(s, SymbolFilter::Exact(_))).then_some(symbols.len());
+        let limits = Limits::derive(exact, trades_limit)?;
+        let recovery_timeout = limits::seconds("--recovery-timeout", args.recovery_timeout, 0.1, 300.0)?;
+        let connect_timeout = limits::seconds("--connect-timeout", args.connect_timeout, 0.1, 300.0)?;
+        let stale_timeout = limits::seconds("--stale-timeout", args.stale_timeout, 0.2, 3600.0)?;
+        let backoff_max = limits::seconds("--backoff-max", args.backoff_max, 0.1, 3600.0)?;
+        let shutdown_timeout = limits::seconds("--shutdown-timeout", args.shutdown_timeout, 0.1, 600.0)?;
         let health_interval = if args.health_interval == 0.0 {
             None
         } else {
-            Some(seconds("--health-interval", args.health_interval, 0.1, 86_400.0)?)
+            Some(limits::seconds("--health-interval", args.health_interval, 0.1, 86_400.0)?)
         };
         let log_level = args.log_level.parse::<log::LevelFilter>().map_err(|_| {
             err(
@@ -336,45 +218,38 @@ impl Config {
         })?;
 
         Ok(Config {
-            symbols,
-            data_types,
-            ws,
-            rest_url,
-            api_key,
-            n_workers,
-            queue_capacity: args.queue_capacity,
-            queue_wait: Duration::from_millis(args.queue_wait_ms),
-            recovery_rps: args.recovery_rps,
-            recovery_max_pending: args.recovery_max_pending,
-            recovery_max_attempts: args.recovery_max_attempts,
-            recovery_timeout,
-            recovery_trades_limit: args.recovery_trades_limit,
-            recovery_budget: args.recovery_budget,
-            connect_timeout,
-            stale_timeout,
-            backoff_max,
-            health_interval,
-            shutdown_timeout,
+            ingest: IngestConfig {
+                symbols,
+                data_types,
+                ws,
+                api_key: api_key.clone(),
+                connect_timeout,
+                stale_timeout,
+                backoff_max,
+                max_message_bytes: MAX_MESSAGE_BYTES,
+            },
+            pipeline: PipelineConfig { n_workers, queue_capacity, queue_wait, health_interval, shutdown_timeout },
+            recovery: RecoveryConfig {
+                rest_url,
+                api_key,
+                rps: args.recovery_rps,
+                max_pending,
+                max_attempts,
+                timeout: recovery_timeout,
+                trades_limit,
+                budget: args.recovery_budget,
+            },
+            limits,
             log_level,
-            sim: args.sim,
-            sim_rate: args.sim_rate,
-            max_message_bytes: MAX_MESSAGE_BYTES,
+            sim_rate: args.sim.then_some(args.sim_rate),
         })
     }
 
     /// Points the config at a running simulator (used by `--sim`, tests and benches).
     pub fn use_endpoints(&mut self, ws_url: &str, rest_url: &str) -> Result<(), ConfigError> {
-        self.ws = parse_ws_url(ws_url, false)?;
-        self.rest_url = parse_rest_url(rest_url)?;
+        self.ingest.ws = parse_ws_url(ws_url, false)?;
+        self.recovery.rest_url = parse_rest_url(rest_url)?;
         Ok(())
-    }
-}
-
-fn seconds(flag: &'static str, value: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
-    if value.is_finite() && value >= min && value <= max {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(err(flag, format!("must be between {min} and {max} seconds (got {value})"), "see --help for the default"))
     }
 }
 
@@ -508,6 +383,7 @@ pub fn is_loopback(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     fn parse(args: &[&str], key: Option<&str>) -> Result<Config, ConfigError> {
         let mut argv = vec!["coinfeed"];
@@ -539,6 +415,18 @@ mod tests {
         check_refused(&["--symbols", "A", "--recovery-rps", "0"], Some("k"), "--recovery-rps", "got 0");
         check_refused(&["--symbols", "A", "--stale-timeout", "0"], Some("k"), "--stale-timeout", "got 0");
         check_refused(&["--symbols", "A", "--log-level", "loud"], Some("k"), "--log-level", "loud");
+        check_refused(
+            &["--symbols", "A", "--recovery-trades-limit", "0"],
+            Some("k"),
+            "--recovery-trades-limit",
+            "got 0",
+        );
+        check_refused(
+            &["--symbols", "A*", "--recovery-trades-limit", "100000"],
+            Some("k"),
+            "--recovery-trades-limit",
+            "ceiling",
+        );
     }
 
     #[test]
@@ -548,20 +436,21 @@ mod tests {
             Some(" key "),
         )
         .expect("valid");
-        let wire: Vec<String> = c.symbols.iter().map(SymbolFilter::wire).collect();
+        let wire: Vec<String> = c.ingest.symbols.iter().map(SymbolFilter::wire).collect();
         assert_eq!(wire, ["BITSTAMP_SPOT_BTC_USD$", "KRAKEN_SPOT_"]);
-        assert_eq!(c.data_types, [DataType::Trade, DataType::Book20]);
-        assert_eq!(c.api_key.expose(), "key");
-        assert_eq!(c.queue_capacity, 500);
-        assert_eq!(c.n_workers, 2);
-        assert_eq!(c.ws.host, "ws.coinapi.io");
-        assert_eq!(c.ws.port, 443);
-        assert!(c.ws.tls);
-        assert_eq!(c.rest_url, "https://rest.coinapi.io");
+        assert_eq!(c.ingest.data_types, [DataType::Trade, DataType::Book20]);
+        assert_eq!(c.ingest.api_key.expose(), "key");
+        assert_eq!(c.pipeline.queue_capacity, 500);
+        assert_eq!(c.pipeline.n_workers, 2);
+        assert_eq!(c.ingest.ws.host, "ws.coinapi.io");
+        assert_eq!(c.ingest.ws.port, 443);
+        assert!(c.ingest.ws.tls);
+        assert_eq!(c.recovery.rest_url, "https://rest.coinapi.io");
+        assert_eq!(c.limits.symbols_per_worker, MAX_SYMBOLS, "a prefix filter: the set is unknown");
         let opt_in = parse(&["--symbols", "A", "--ws-url", "ws://example.com/", "--allow-insecure-ws"], Some("k"));
         assert!(opt_in.is_ok());
         let loopback = parse(&["--symbols", "A", "--ws-url", "ws://127.0.0.1:9/v1/"], Some("k")).expect("loopback");
-        assert_eq!(loopback.ws.port, 9);
+        assert_eq!(loopback.ingest.ws.port, 9);
     }
 
     #[test]

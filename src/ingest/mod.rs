@@ -18,20 +18,25 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tungstenite::client::ClientRequestBuilder;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Connector, Message, Utf8Bytes, WebSocket};
 
-use crate::backoff::{Backoff, BackoffPolicy};
-use crate::config::{Config, READ_TICK};
-use crate::protocol::{self, FrameKind, TimestampFormatter};
+use crate::clock::unix_now_ns;
+use crate::config::limits::READ_TICK;
+use crate::config::IngestConfig;
+use crate::lanes::{Dispatch, Frame, Lanes};
+use crate::metrics::Metrics;
+use crate::output::ndjson::{Batch, ConnectionEvent, ControlLine, TimestampFormatter};
 use crate::shutdown::Shutdown;
-use crate::stats::Stats;
-use crate::worker::{unix_now_ns, Frame, WorkerInput};
-use crate::writer::Batch;
+use crate::wire::{self, FrameKind};
+
+pub mod backoff;
+
+use backoff::{Backoff, BackoffPolicy};
 
 type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
@@ -49,8 +54,6 @@ const CONNECT_SLICE: Duration = Duration::from_millis(900);
 /// After a `reconnect` notice, the replacement connection is opened this long before the
 /// server's deadline (or at half the notice, if that is shorter).
 const MOVE_MARGIN: Duration = Duration::from_secs(1);
-/// Minimum time between two "started dropping" warnings for one channel.
-const SHED_WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// How the reader ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -83,22 +86,11 @@ enum ConnectError {
     Stopped,
 }
 
-/// One worker's input channel and whether the reader is currently shedding load for it.
-struct Lane {
-    tx: Sender<WorkerInput>,
-    shedding: bool,
-    last_shed_warning: Option<Instant>,
-    /// The current shedding episode was announced with a warning, so its end is logged too.
-    announced: bool,
-}
-
 pub struct Reader<'a> {
-    config: &'a Config,
-    stats: &'a Stats,
+    config: &'a IngestConfig,
+    metrics: &'a Metrics,
     shutdown: &'a Shutdown,
-    lanes: Vec<Lane>,
-    /// Shedding stops once a channel holds at most this many messages.
-    low_water: usize,
+    lanes: Lanes<'a>,
     control: Sender<Batch>,
     tls: Arc<rustls::ClientConfig>,
     backoff: Backoff,
@@ -111,30 +103,24 @@ pub struct Reader<'a> {
 
 impl std::fmt::Debug for Reader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("generation", &self.generation).field("lanes", &self.lanes.len()).finish()
+        f.debug_struct("Reader").field("generation", &self.generation).finish()
     }
 }
 
 impl<'a> Reader<'a> {
     pub fn new(
-        config: &'a Config,
-        stats: &'a Stats,
+        config: &'a IngestConfig,
+        metrics: &'a Metrics,
         shutdown: &'a Shutdown,
-        workers: Vec<Sender<WorkerInput>>,
+        lanes: Lanes<'a>,
         control: Sender<Batch>,
     ) -> Reader<'a> {
-        assert!(!workers.is_empty(), "the reader needs at least one worker");
-        let lanes = workers
-            .into_iter()
-            .map(|tx| Lane { tx, shedding: false, last_shed_warning: None, announced: false })
-            .collect();
         let policy = BackoffPolicy { cap: config.backoff_max, ..BackoffPolicy::default() };
         Reader {
             config,
-            stats,
+            metrics,
             shutdown,
             lanes,
-            low_water: config.queue_capacity / 2,
             control,
             tls: tls_config(),
             backoff: Backoff::new(policy),
@@ -166,12 +152,12 @@ impl<'a> Reader<'a> {
                 Err(ConnectError::Stopped) => return ReaderExit::Stopped,
                 Err(ConnectError::Fatal(msg)) => {
                     log::error!("{msg}; not retrying");
-                    self.connection_line("connect_failed", &msg);
+                    self.connection_line(ConnectionEvent::ConnectFailed, &msg);
                     return ReaderExit::Fatal(msg);
                 }
                 Err(ConnectError::RetryAfter(wait, msg)) => {
                     log::warn!("connection {generation} refused: {msg}; waiting {:.1}s as told", wait.as_secs_f64());
-                    self.connection_line("connect_failed", &msg);
+                    self.connection_line(ConnectionEvent::ConnectFailed, &msg);
                     if self.shutdown.wait_timeout(wait) {
                         return ReaderExit::Stopped;
                     }
@@ -179,42 +165,38 @@ impl<'a> Reader<'a> {
                 }
                 Err(ConnectError::Retry(msg)) => {
                     log::warn!("connection {generation} failed: {msg}");
-                    self.connection_line("connect_failed", &msg);
+                    self.connection_line(ConnectionEvent::ConnectFailed, &msg);
                     continue;
                 }
             };
-            if self.stats.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 {
-                Stats::add(&self.stats.reconnects, 1);
+            self.metrics.connections.add(1);
+            if self.metrics.connections.get() > 1 {
+                self.metrics.reconnects.add(1);
             }
             self.backoff.on_connected(Instant::now());
             log::info!("connected to {} (generation {generation})", self.config.ws.url);
-            self.connection_line("connected", "");
-            // Tell every worker at once (not at its next frame) that sequences start over, so
-            // the streams of the old connection are queued for recovery promptly. Best effort:
-            // a worker also notices the new generation on its next frame.
-            for lane in &self.lanes {
-                let _ = lane.tx.send_timeout(WorkerInput::Connected { generation }, self.config.queue_wait);
-            }
+            self.connection_line(ConnectionEvent::Connected, "");
+            self.lanes.connected(generation, unix_now_ns());
             let end = self.session(ws);
             match end {
                 SessionEnd::Stop => {
-                    self.connection_line("disconnected", "shutdown");
+                    self.connection_line(ConnectionEvent::Disconnected, "shutdown");
                     return ReaderExit::Stopped;
                 }
                 SessionEnd::PipelineGone => return ReaderExit::PipelineGone,
                 SessionEnd::Fatal(msg) => {
                     log::error!("{msg}; not retrying");
-                    self.connection_line("disconnected", &msg);
+                    self.connection_line(ConnectionEvent::Disconnected, &msg);
                     return ReaderExit::Fatal(msg);
                 }
                 SessionEnd::Moved(why) => {
                     log::info!("connection {generation} ended: {why}; reconnecting at once");
-                    self.connection_line("disconnected", &why);
+                    self.connection_line(ConnectionEvent::Disconnected, &why);
                     self.backoff.forgive();
                 }
                 SessionEnd::Retry(why) => {
                     log::warn!("connection {generation} lost: {why}");
-                    self.connection_line("disconnected", &why);
+                    self.connection_line(ConnectionEvent::Disconnected, &why);
                 }
             }
         }
@@ -371,13 +353,13 @@ impl<'a> Reader<'a> {
                 Ok(Message::Text(text)) => {
                     active = true;
                     frames_since_clock += 1;
-                    match protocol::classify(text.as_bytes()) {
+                    match wire::classify(text.as_bytes()) {
                         FrameKind::Data => {
                             if !self.dispatch(text) {
                                 return SessionEnd::PipelineGone;
                             }
                         }
-                        FrameKind::Heartbeat => Stats::add(&self.stats.heartbeats, 1),
+                        FrameKind::Heartbeat => self.metrics.heartbeats.add(1),
                         FrameKind::Error => {
                             let end = server_error(text.as_bytes());
                             return self.close(ws, end);
@@ -396,8 +378,8 @@ impl<'a> Reader<'a> {
                 }
                 Ok(Message::Binary(_)) => {
                     active = true;
-                    Stats::add(&self.stats.received, 1);
-                    Stats::add(&self.stats.malformed, 1);
+                    self.metrics.received.add(1);
+                    self.metrics.malformed.add(1);
                     log::warn!("skipped a binary frame (CoinAPI sends text only)");
                 }
                 Ok(Message::Ping(_)) => {
@@ -421,8 +403,8 @@ impl<'a> Reader<'a> {
                     return SessionEnd::Retry("connection closed".into())
                 }
                 Err(tungstenite::Error::Capacity(e)) => {
-                    Stats::add(&self.stats.received, 1);
-                    Stats::add(&self.stats.malformed, 1);
+                    self.metrics.received.add(1);
+                    self.metrics.malformed.add(1);
                     return SessionEnd::Retry(format!(
                         "oversized message refused ({e}), limit {} bytes",
                         self.config.max_message_bytes
@@ -451,65 +433,13 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Routes one data frame to its worker, waiting at most `--queue-wait-ms` for room and
-    /// shedding load while the channel drains. False if the workers are gone.
+    /// Counts one data frame, stamps it and hands it to its worker (see `Lanes::dispatch`).
+    /// False if the workers are gone.
     fn dispatch(&mut self, text: Utf8Bytes) -> bool {
-        Stats::add(&self.stats.received, 1);
-        let symbol = protocol::scan_field(text.as_bytes(), b"symbol_id").unwrap_or(b"");
-        let w = protocol::route(symbol, self.lanes.len());
-        let lane = &mut self.lanes[w];
-        if lane.shedding {
-            if lane.tx.len() > self.low_water {
-                self.stats.record_drop(symbol);
-                return true;
-            }
-            lane.shedding = false;
-            // Under sustained overload a channel fills and drains many times a second: only the
-            // episodes whose start was logged (at most one per SHED_WARN_EVERY) log their end.
-            if std::mem::take(&mut lane.announced) {
-                log::info!(
-                    "worker-{w} channel drained to {} of {}: delivering again (dropped so far: {})",
-                    lane.tx.len(),
-                    self.config.queue_capacity,
-                    self.stats.dropped.load(std::sync::atomic::Ordering::Relaxed)
-                );
-            }
-        }
-        let input = WorkerInput::Frame(Frame { text, recv_unix_ns: unix_now_ns(), generation: self.generation });
-        let sent = match lane.tx.try_send(input) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(input)) => lane.tx.send_timeout(input, self.config.queue_wait),
-            Err(TrySendError::Disconnected(input)) => Err(SendTimeoutError::Disconnected(input)),
-        };
-        match sent {
-            Ok(()) => {
-                self.stats.note_queue_depth(lane.tx.len());
-                true
-            }
-            Err(SendTimeoutError::Timeout(input)) => {
-                lane.shedding = true;
-                let text = match &input {
-                    WorkerInput::Frame(frame) => frame.text.as_bytes(),
-                    _ => b"",
-                };
-                let symbol = protocol::scan_field(text, b"symbol_id").unwrap_or(b"");
-                self.stats.record_drop(symbol);
-                self.stats.note_queue_depth(self.config.queue_capacity);
-                let now = Instant::now();
-                if lane.last_shed_warning.is_none_or(|t| now.duration_since(t) >= SHED_WARN_EVERY) {
-                    lane.last_shed_warning = Some(now);
-                    lane.announced = true;
-                    log::warn!(
-                        "worker-{w} channel full for {}ms: dropping its messages until it drains to {} (dropped so far: {})",
-                        self.config.queue_wait.as_millis(),
-                        self.low_water,
-                        self.stats.dropped.load(std::sync::atomic::Ordering::Relaxed)
-                    );
-                }
-                true
-            }
-            Err(SendTimeoutError::Disconnected(_)) => false,
-        }
+        self.metrics.received.add(1);
+        crate::fault::maybe_panic("reader", self.metrics.received.get());
+        let frame = Frame { text, recv_unix_ns: unix_now_ns(), generation: self.generation };
+        self.lanes.dispatch(frame) != Dispatch::Gone
     }
 
     /// Sends a WebSocket close and drives the close handshake for at most `CLOSE_WAIT`; data
@@ -519,7 +449,7 @@ impl<'a> Reader<'a> {
         let deadline = Instant::now() + CLOSE_WAIT;
         while Instant::now() < deadline {
             match ws.read() {
-                Ok(Message::Text(text)) if protocol::classify(text.as_bytes()) == FrameKind::Data => {
+                Ok(Message::Text(text)) if wire::classify(text.as_bytes()) == FrameKind::Data => {
                     if !self.dispatch(text) {
                         return SessionEnd::PipelineGone;
                     }
@@ -532,29 +462,18 @@ impl<'a> Reader<'a> {
         end
     }
 
-    /// Writes a `{"type":"connection",...}` control line (best effort: counted if lost).
-    fn connection_line(&mut self, event: &str, reason: &str) {
-        let now = unix_now_ns();
-        // Written by hand so `type` comes first, as in CoinAPI's own messages (consumers may
-        // filter on a line prefix); strings go through serde_json for escaping.
-        let mut line = format!(
-            "{{\"type\":\"connection\",\"event\":{},\"generation\":{},\"url\":{},\"time\":\"{}\"",
-            protocol::json_string(event),
-            self.generation,
-            protocol::json_string(&self.config.ws.url),
-            self.timestamps.format(now)
-        );
-        if !reason.is_empty() {
-            line.push_str(",\"reason\":");
-            line.push_str(&protocol::json_string(reason));
-        }
-        line.push('}');
+    /// Writes a `connection` control line (best effort: counted if lost).
+    fn connection_line(&mut self, event: ConnectionEvent, reason: &str) {
+        let line = ControlLine::Connection {
+            event,
+            generation: self.generation,
+            url: &self.config.ws.url,
+            reason: Some(reason).filter(|r| !r.is_empty()),
+        };
         let mut batch = Batch::with_capacity(256);
-        batch.bytes.extend_from_slice(line.as_bytes());
-        batch.bytes.push(b'\n');
-        batch.control_lines = 1;
+        batch.push_control(&line, self.timestamps.format(unix_now_ns()));
         if self.control.send_timeout(batch, CONTROL_WAIT).is_err() {
-            Stats::add(&self.stats.control_lines_lost, 1);
+            self.metrics.control_lines_lost.add(1);
         }
     }
 }
@@ -575,7 +494,7 @@ fn is_tick(e: &std::io::Error) -> bool {
 
 /// The hello CoinAPI expects: key, heartbeats on, data types, and symbol filters (`SYMBOL$` for
 /// an exact match, a bare prefix for `PREFIX*`). Contains the key: never log it.
-pub fn hello_message(config: &Config) -> String {
+pub fn hello_message(config: &IngestConfig) -> String {
     let types: Vec<&str> = config.data_types.iter().map(|t| t.as_str()).collect();
     let symbols: Vec<String> = config.symbols.iter().map(|s| s.wire()).collect();
     serde_json::json!({
@@ -589,7 +508,7 @@ pub fn hello_message(config: &Config) -> String {
 }
 
 /// Explicit WebSocket limits: CoinAPI messages are small, so a few MiB, not the 64 MiB default.
-pub fn ws_config(config: &Config) -> WebSocketConfig {
+pub fn ws_config(config: &IngestConfig) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(128 * 1024)
         .write_buffer_size(0)
@@ -670,11 +589,11 @@ mod tests {
     use crate::config::{Config, RunArgs};
     use clap::Parser;
 
-    fn config(args: &[&str]) -> Config {
+    fn config(args: &[&str]) -> IngestConfig {
         let mut argv = vec!["coinfeed"];
         argv.extend_from_slice(args);
         let args = RunArgs::try_parse_from(argv).expect("args");
-        Config::from_args(&args, Some("KEY-1".into()), 2).expect("valid")
+        Config::from_args(&args, Some("KEY-1".into()), 2).expect("valid").ingest
     }
 
     #[test]

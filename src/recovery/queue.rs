@@ -10,7 +10,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::protocol::DataType;
+use crate::lanes::RecoveryKey;
 
 /// The rolling window of the credit budget: CoinAPI budgets are per rolling 24 h.
 const CREDIT_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
@@ -24,14 +24,6 @@ const CREDIT_BUCKET: Duration = Duration::from_secs(60);
 /// keeps `Instant` arithmetic far from overflow, and a server asking for longer than the budget
 /// window is not asking for anything meaningful.
 const WAIT_MAX: Duration = CREDIT_WINDOW;
-
-/// What to recover: one data type of one symbol. A gap is always healed by fetching the current
-/// state, so two gaps on the same key need one request.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RecoveryKey {
-    pub symbol_id: String,
-    pub data_type: DataType,
-}
 
 /// What `push` did with a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -455,6 +447,7 @@ impl RecoveryQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::DataType;
 
     fn key(symbol_id: &str) -> RecoveryKey {
         RecoveryKey { symbol_id: symbol_id.to_string(), data_type: DataType::Trade }

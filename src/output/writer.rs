@@ -5,37 +5,16 @@
 //! Batches are cut by their producers when they reach `BATCH_BYTES` or when the producer goes
 //! idle, so at low rates a line reaches the sink as soon as it is formed (a `tail -f` sees it at
 //! once) and at high rates a syscall carries tens of KiB. A closed pipe (EPIPE) is a normal end:
-//! `coinfeed | head -5` stops cleanly and quietly.
+//! `coinfeed | head -5` stops cleanly and quietly. The line counts come from the batches
+//! themselves (`Batch::lines`) and are added to the metrics only once the bytes are written.
 
 use std::io::{ErrorKind, Write};
 
 use crossbeam_channel::Receiver;
 
+use crate::metrics::Metrics;
+use crate::output::ndjson::Batch;
 use crate::shutdown::Shutdown;
-use crate::stats::Stats;
-
-/// A producer sends its batch once it holds this many bytes.
-pub const BATCH_BYTES: usize = 32 * 1024;
-
-/// Whole NDJSON lines and how many of each kind they hold.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub bytes: Vec<u8>,
-    /// Market-data lines from the WebSocket.
-    pub market_lines: u64,
-    /// Market-data lines recovered over REST.
-    pub rest_lines: u64,
-    pub control_lines: u64,
-}
-
-impl Batch {
-    pub fn with_capacity(n: usize) -> Batch {
-        Batch { bytes: Vec::with_capacity(n), ..Batch::default() }
-    }
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-}
 
 /// How the writer ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,9 +27,12 @@ pub enum WriterExit {
     Failed(String),
 }
 
-pub fn run<W: Write>(rx: Receiver<Batch>, mut out: W, stats: &Stats, shutdown: &Shutdown) -> WriterExit {
+pub fn run<W: Write>(rx: Receiver<Batch>, mut out: W, metrics: &Metrics, shutdown: &Shutdown) -> WriterExit {
+    let mut batches: u64 = 0;
     for batch in rx.iter() {
-        if let Err(e) = out.write_all(&batch.bytes).and_then(|()| {
+        batches += 1;
+        crate::fault::maybe_panic("writer", batches);
+        if let Err(e) = out.write_all(batch.as_bytes()).and_then(|()| {
             // Flush only when nothing else is queued: batches are large, and an idle flush is
             // what bounds latency for a slow feed.
             if rx.is_empty() {
@@ -68,10 +50,7 @@ pub fn run<W: Write>(rx: Receiver<Batch>, mut out: W, stats: &Stats, shutdown: &
                 WriterExit::Failed(e.to_string())
             };
         }
-        Stats::add(&stats.written, batch.market_lines);
-        Stats::add(&stats.recovered_written, batch.rest_lines);
-        Stats::add(&stats.control_lines, batch.control_lines);
-        Stats::add(&stats.bytes_written, batch.bytes.len() as u64);
+        metrics.add_written(batch.lines(), batch.len());
     }
     match out.flush() {
         Ok(()) => WriterExit::Drained,
@@ -83,6 +62,7 @@ pub fn run<W: Write>(rx: Receiver<Batch>, mut out: W, stats: &Stats, shutdown: &
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::ndjson::{ConnectionEvent, ControlLine};
 
     struct ClosedPipe;
     impl Write for ClosedPipe {
@@ -94,25 +74,33 @@ mod tests {
         }
     }
 
+    fn market(frames: &[&str]) -> Batch {
+        let mut b = Batch::default();
+        for f in frames {
+            b.push_market(f.as_bytes(), "T");
+        }
+        b
+    }
+
     #[test]
     fn writes_whole_batches_and_counts_lines() {
         let (tx, rx) = crossbeam_channel::bounded(4);
-        let stats = Stats::default();
+        let metrics = Metrics::new(1);
         let shutdown = Shutdown::new();
-        tx.send(Batch { bytes: b"{\"a\":1}\n{\"b\":2}\n".to_vec(), market_lines: 2, rest_lines: 0, control_lines: 0 })
-            .expect("send");
-        tx.send(Batch {
-            bytes: b"{\"type\":\"connection\"}\n".to_vec(),
-            market_lines: 0,
-            rest_lines: 0,
-            control_lines: 1,
-        })
-        .expect("send");
+        tx.send(market(&["{\"a\":1}", "{\"b\":2}"])).expect("send");
+        let mut control = Batch::default();
+        control.push_control(
+            &ControlLine::Connection { event: ConnectionEvent::Connected, generation: 1, url: "u", reason: None },
+            "T",
+        );
+        tx.send(control).expect("send");
         drop(tx);
         let mut out = Vec::new();
-        assert_eq!(run(rx, &mut out, &stats, &shutdown), WriterExit::Drained);
-        assert_eq!(out, b"{\"a\":1}\n{\"b\":2}\n{\"type\":\"connection\"}\n");
-        let s = stats.snapshot();
+        assert_eq!(run(rx, &mut out, &metrics, &shutdown), WriterExit::Drained);
+        let text = String::from_utf8(out.clone()).expect("utf8");
+        assert_eq!(text.lines().count(), 3);
+        assert!(text.starts_with("{\"a\":1,\"recv_time\":\"T\",\"source\":\"ws\"}\n"), "{text}");
+        let s = metrics.snapshot();
         assert_eq!((s.written, s.control_lines, s.bytes_written), (2, 1, out.len() as u64));
         assert!(!shutdown.is_requested());
     }
@@ -120,11 +108,11 @@ mod tests {
     #[test]
     fn a_closed_pipe_is_a_clean_stop_that_stops_the_pipeline() {
         let (tx, rx) = crossbeam_channel::bounded(4);
-        let stats = Stats::default();
+        let metrics = Metrics::new(1);
         let shutdown = Shutdown::new();
-        tx.send(Batch { bytes: b"{}\n".to_vec(), market_lines: 1, rest_lines: 0, control_lines: 0 }).expect("send");
-        assert_eq!(run(rx, ClosedPipe, &stats, &shutdown), WriterExit::OutputClosed);
+        tx.send(market(&["{}"])).expect("send");
+        assert_eq!(run(rx, ClosedPipe, &metrics, &shutdown), WriterExit::OutputClosed);
         assert!(shutdown.is_requested());
-        assert_eq!(stats.snapshot().written, 0, "nothing was written, nothing is counted");
+        assert_eq!(metrics.snapshot().written, 0, "nothing was written, nothing is counted");
     }
 }

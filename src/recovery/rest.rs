@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
-use crate::config::{ApiKey, Config};
-use crate::protocol::DataType;
-use crate::recovery_core::{FetchOutcome, RecoveryKey};
+use crate::config::{ApiKey, RecoveryConfig};
+use crate::lanes::RecoveryKey;
+use crate::recovery::queue::FetchOutcome;
+use crate::wire::DataType;
 
 /// Largest REST body accepted. A `latest` page of 100 trades is ~25 KiB; an order book with all
 /// levels can reach a few MiB.
@@ -40,8 +41,8 @@ pub struct RestClient {
 }
 
 impl RestClient {
-    pub fn new(config: &Config) -> RestClient {
-        let timeout = config.recovery_timeout;
+    pub fn new(config: &RecoveryConfig) -> RestClient {
+        let timeout = config.timeout;
         let mut builder = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
@@ -57,7 +58,7 @@ impl RestClient {
             agent: builder.build().new_agent(),
             base: config.rest_url.clone(),
             key: config.api_key.clone(),
-            trades_limit: config.recovery_trades_limit,
+            trades_limit: config.trades_limit,
         }
     }
 

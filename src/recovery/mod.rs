@@ -1,7 +1,8 @@
-//! The recovery thread (exactly one) and the handle workers use to hand it gaps.
+//! The recovery thread (exactly one). Its request side, what workers call, is `handle.rs`; its
+//! decisions are the pure `queue.rs`; its HTTP client is `rest.rs`.
 //!
 //! Workers push (symbol, data type) keys into one shared `RecoveryQueue` (deduplicated and
-//! bounded, see `recovery_core.rs`) under a short lock and wake the thread. The thread asks the
+//! bounded) through the `RecoveryHandle` and wake the thread. The thread asks the
 //! queue what to do, sleeps until then (or until woken or stopped), makes at most one blocking
 //! REST request at a time, and sends the records to the worker that owns the symbol, so they
 //! are written in order with that symbol's stream. The HTTP call is made without holding the
@@ -10,16 +11,20 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, SendTimeoutError, Sender};
-use parking_lot::Mutex;
+use crossbeam_channel::{select, SendTimeoutError, Sender};
 
-use crate::config::Config;
-use crate::protocol;
-use crate::recovery_core::{FetchOutcome, Poll, PushOutcome, RecoveryKey, RecoveryPolicy, RecoveryQueue, Verdict};
-use crate::rest::RestClient;
+use crate::clock::{unix_now_ns, unix_seconds};
+use crate::lanes::{route, RecoveryKey, RecoveryResult, WorkerInput};
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::stats::Stats;
-use crate::worker::{unix_now_ns, RecoveryResult, WorkerInput};
+
+pub mod handle;
+pub mod queue;
+pub mod rest;
+
+use handle::RecoveryHandle;
+use queue::{FetchOutcome, Poll, Verdict};
+use rest::RestClient;
 
 /// Longest the thread sleeps without looking at the queue again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
@@ -27,71 +32,12 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 const DELIVERY_WAIT: Duration = Duration::from_secs(2);
 /// Keys listed by name when recovery ends with keys pending.
 const PENDING_LISTED_MAX: usize = 20;
-/// Requests are spaced this fraction more than `1 / --recovery-rps`: the server counts requests
-/// by arrival, and arrival jitter must not put `rps + 1` requests into one of its 1 s windows.
-const PACING_GUARD: f64 = 0.02;
-/// Minimum time between two "recovery queue full" warnings.
-const OVERFLOW_WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// What workers hold to request recovery. Cheap to share by reference.
-#[derive(Debug)]
-pub struct RecoveryHandle {
-    queue: Mutex<RecoveryQueue>,
-    wake_tx: Sender<()>,
-    wake_rx: Receiver<()>,
-    last_overflow_warning: Mutex<Option<Instant>>,
-}
-
-impl RecoveryHandle {
-    pub fn new(config: &Config) -> RecoveryHandle {
-        let policy = RecoveryPolicy {
-            rps: config.recovery_rps / (1.0 + PACING_GUARD),
-            max_pending: config.recovery_max_pending,
-            max_attempts: config.recovery_max_attempts,
-            budget_credits_per_day: config.recovery_budget,
-            ..RecoveryPolicy::default()
-        };
-        // Capacity 1: a wake-up is a level, not a count; more pushes while one is pending add nothing.
-        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
-        RecoveryHandle {
-            queue: Mutex::new(RecoveryQueue::new(policy, Instant::now())),
-            wake_tx,
-            wake_rx,
-            last_overflow_warning: Mutex::new(None),
-        }
-    }
-
-    /// Queues `key` for recovery (deduplicated); counts and logs it if the queue is full.
-    pub fn request(&self, key: RecoveryKey, stats: &Stats) {
-        let outcome = self.queue.lock().push(key.clone());
-        match outcome {
-            PushOutcome::Added => {
-                let _ = self.wake_tx.try_send(());
-            }
-            PushOutcome::AlreadyPending => {}
-            PushOutcome::Overflow => {
-                Stats::add(&stats.recovery_overflow, 1);
-                let now = Instant::now();
-                let mut last = self.last_overflow_warning.lock();
-                if last.is_none_or(|t| now.duration_since(t) >= OVERFLOW_WARN_EVERY) {
-                    *last = Some(now);
-                    log::warn!(
-                        "recovery queue full: not recovering {} {} (see --recovery-max-pending; overflows so far: {})",
-                        key.symbol_id,
-                        key.data_type.as_str(),
-                        stats.recovery_overflow.load(std::sync::atomic::Ordering::Relaxed)
-                    );
-                }
-            }
-        }
-    }
-}
 
 pub struct Recovery<'a> {
     pub handle: &'a RecoveryHandle,
     pub client: RestClient,
     pub lanes: Vec<Sender<WorkerInput>>,
-    pub stats: &'a Stats,
+    pub metrics: &'a Metrics,
     pub shutdown: &'a Shutdown,
 }
 
@@ -110,7 +56,7 @@ impl Recovery<'_> {
             let poll = {
                 let mut q = self.handle.queue.lock();
                 let p = q.poll(now);
-                self.stats.recovery_pending.store(q.pending() as u64, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.recovery_pending.set(q.pending() as u64);
                 p
             };
             match poll {
@@ -143,7 +89,7 @@ impl Recovery<'_> {
         }
         let q = self.handle.queue.lock();
         let pending = q.pending_keys();
-        self.stats.recovery_pending.store(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.recovery_pending.set(pending.len() as u64);
         if !pending.is_empty() {
             let names: Vec<String> = pending
                 .iter()
@@ -169,7 +115,8 @@ impl Recovery<'_> {
     }
 
     fn fetch(&self, key: RecoveryKey) {
-        Stats::add(&self.stats.recovery_requests, 1);
+        self.metrics.recovery_requests.add(1);
+        crate::fault::maybe_panic("recovery", self.metrics.recovery_requests.get());
         let started = Instant::now();
         let answer = self.client.fetch(&key);
         log::debug!(
@@ -179,10 +126,10 @@ impl Recovery<'_> {
             started.elapsed().as_millis()
         );
         if let Some(r) = answer.rate_limit_remaining {
-            self.stats.rate_limit_remaining.store(r, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.rate_limit_remaining.set_signed(r);
         }
         if let Some(c) = answer.request_cost {
-            self.stats.rate_limit_request_cost.store(c, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.rate_limit_request_cost.set(c);
         }
         if self.shutdown.is_requested() {
             // The answer may be an interruption caused by the stop itself: do not judge the key.
@@ -190,10 +137,8 @@ impl Recovery<'_> {
         }
         match &answer.outcome {
             FetchOutcome::RateLimited { retry_after } => {
-                Stats::add(&self.stats.recovery_rate_limited, 1);
-                self.stats
-                    .last_429_unix_s
-                    .store((unix_now_ns() / 1_000_000_000) as u64, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.recovery_rate_limited.add(1);
+                self.metrics.last_429_unix_s.set(unix_seconds(unix_now_ns()));
                 log::warn!(
                     "CoinAPI rate limit (HTTP 429) on {} {}: pausing REST recovery {}",
                     key.symbol_id,
@@ -212,7 +157,9 @@ impl Recovery<'_> {
         let verdict = self.handle.queue.lock().complete(&key, answer.outcome.clone(), Instant::now());
         let result = match verdict {
             Verdict::Done => RecoveryResult::Recovered { key, records: answer.records, recv_unix_ns: unix_now_ns() },
-            Verdict::GaveUp { attempts, last_error } => RecoveryResult::Failed { key, attempts, error: last_error },
+            Verdict::GaveUp { attempts, last_error } => {
+                RecoveryResult::Failed { key, attempts, error: last_error, at_unix_ns: unix_now_ns() }
+            }
             Verdict::Retry { at } => {
                 log::debug!(
                     "recovery: retrying {} {} in {} ms",
@@ -230,11 +177,11 @@ impl Recovery<'_> {
     /// Sends a result to the worker that owns its symbol (bounded wait; counted if lost).
     fn deliver(&self, result: RecoveryResult) {
         let symbol = result.key().symbol_id.clone();
-        let lane = &self.lanes[protocol::route(symbol.as_bytes(), self.lanes.len())];
+        let lane = &self.lanes[route(symbol.as_bytes(), self.lanes.len())];
         match lane.send_timeout(WorkerInput::Recovery(result), DELIVERY_WAIT) {
             Ok(()) => {}
             Err(SendTimeoutError::Timeout(_)) => {
-                Stats::add(&self.stats.recovery_failed, 1);
+                self.metrics.recovery_failed.add(1);
                 log::warn!(
                     "recovery result for {symbol} dropped: its worker stayed busy for {}s",
                     DELIVERY_WAIT.as_secs()

@@ -1,4 +1,6 @@
-//! CoinAPI's WebSocket wire format as the client reads it, and the NDJSON output format.
+//! CoinAPI's WebSocket wire format as the client reads it: data types, the reader's cheap
+//! classification of a frame, and the worker's full validation. The NDJSON output shapes live in
+//! `output::ndjson`; routing lives in `lanes`.
 //!
 //! Two levels of decoding, by design:
 //! - `scan_field` is the reader's cheap look at a frame (its `type` and `symbol_id`) to route it
@@ -6,13 +8,11 @@
 //! - `decode` is the worker's full validation: the whole frame must be a JSON object, the fields
 //!   the pipeline depends on must have the right types.
 //!
-//! The output line is the wire text itself (whitespace outside strings removed) with `recv_time`
-//! and `source` appended, so every number reaches stdout byte-identical to the wire: nothing on
-//! this path goes through f64. This module does no IO and reads no clock.
+//! Pure: no IO, no clock.
 
 use std::borrow::Cow;
 
-use crate::json_scan;
+pub mod json_scan;
 
 /// The data types a user may subscribe to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -145,7 +145,7 @@ fn leading_field<'a>(frame: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     None
 }
 
-fn skip_ws(s: &[u8]) -> &[u8] {
+pub(crate) fn skip_ws(s: &[u8]) -> &[u8] {
     let n = s.iter().take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')).count();
     &s[n..]
 }
@@ -200,165 +200,6 @@ fn check_head<'a>(
         return Err(Reject::Malformed("trade without uuid".to_string()));
     }
     Ok(Decoded { data_type, symbol_id, sequence, uuid })
-}
-
-/// Where an output record came from (the `source` field).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Ws,
-    Rest,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Ws => "ws",
-            Source::Rest => "rest",
-        }
-    }
-}
-
-/// Appends one NDJSON line: the validated object `frame` with whitespace outside strings
-/// removed, plus `"recv_time"` and `"source"`, then `\n`.
-///
-/// `frame` must already have passed `decode` (a JSON object), which is what makes dropping
-/// whitespace and the final `}` safe. `recv_time` is a formatted CoinAPI timestamp.
-pub fn append_line(out: &mut Vec<u8>, frame: &[u8], recv_time: &str, source: Source) {
-    let trimmed = frame.trim_ascii();
-    debug_assert!(trimmed.first() == Some(&b'{') && trimmed.last() == Some(&b'}'));
-    let start = out.len();
-    let body = &trimmed[..trimmed.len() - 1];
-    // CoinAPI sends compact JSON: a SIMD search finds the rare frame that needs minifying.
-    if memchr::memchr3(b' ', b'\n', b'\t', body).is_some() || memchr::memchr(b'\r', body).is_some() {
-        minify_into(out, body);
-    } else {
-        out.extend_from_slice(body);
-    }
-    if out.len() > start + 1 {
-        out.push(b',');
-    }
-    out.extend_from_slice(b"\"recv_time\":\"");
-    out.extend_from_slice(recv_time.as_bytes());
-    out.extend_from_slice(b"\",\"source\":\"");
-    out.extend_from_slice(source.as_str().as_bytes());
-    out.extend_from_slice(b"\"}\n");
-}
-
-/// Appends one NDJSON line for a record recovered over REST. REST records carry no `type` (and
-/// OHLCV records no `symbol_id`): both are added in front when absent, plus
-/// `"is_snapshot":true` for order books, so a consumer handles them like stream messages. The
-/// record's own fields follow verbatim (numbers byte-identical), then `recv_time` and
-/// `"source":"rest"`. `record` must be a JSON object (as `RawValue` guarantees).
-pub fn append_rest_line(out: &mut Vec<u8>, record: &[u8], data_type: DataType, symbol_id: &str, recv_time: &str) {
-    let trimmed = record.trim_ascii();
-    debug_assert!(trimmed.first() == Some(&b'{') && trimmed.last() == Some(&b'}'));
-    let inner = trimmed[1..trimmed.len() - 1].trim_ascii();
-    out.push(b'{');
-    let mut empty = true;
-    let mut field = |out: &mut Vec<u8>, text: &str| {
-        if !empty {
-            out.push(b',');
-        }
-        out.extend_from_slice(text.as_bytes());
-        empty = false;
-    };
-    if scan_field(trimmed, b"type").is_none() {
-        field(out, &format!("\"type\":\"{}\"", data_type.as_str()));
-    }
-    if scan_field(trimmed, b"symbol_id").is_none() {
-        field(out, &format!("\"symbol_id\":{}", json_string(symbol_id)));
-    }
-    let is_book =
-        matches!(data_type, DataType::Book | DataType::Book5 | DataType::Book20 | DataType::Book50 | DataType::BookL3);
-    if is_book && memchr::memmem::find(trimmed, b"\"is_snapshot\"").is_none() {
-        field(out, "\"is_snapshot\":true");
-    }
-    if !inner.is_empty() {
-        field(out, "");
-        minify_into(out, inner);
-    }
-    out.extend_from_slice(b",\"recv_time\":\"");
-    out.extend_from_slice(recv_time.as_bytes());
-    out.extend_from_slice(b"\",\"source\":\"rest\"}\n");
-}
-
-/// Copies JSON text dropping insignificant whitespace (outside strings); escapes are kept
-/// verbatim. The output is the same JSON value, still on one line (a raw newline can only occur
-/// outside strings in valid JSON).
-fn minify_into(out: &mut Vec<u8>, text: &[u8]) {
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in text {
-        if in_string {
-            out.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-            if b == b'"' {
-                in_string = true;
-            }
-            out.push(b);
-        }
-    }
-}
-
-/// A JSON string literal (quoted and escaped), for the control lines written by hand.
-pub fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
-}
-
-/// Formats UTC timestamps in CoinAPI's format (`2017-03-18T22:42:21.3763342Z`, 7 fractional
-/// digits), caching the part that only changes once a second: it is formatted per message.
-#[derive(Debug, Default)]
-pub struct TimestampFormatter {
-    cached_second: Option<i64>,
-    buf: String,
-}
-
-impl TimestampFormatter {
-    /// `unix_ns`: nanoseconds since the Unix epoch.
-    pub fn format(&mut self, unix_ns: i128) -> &str {
-        let second = unix_ns.div_euclid(1_000_000_000) as i64;
-        let subsec_100ns = (unix_ns.rem_euclid(1_000_000_000) / 100) as u32;
-        if self.cached_second != Some(second) {
-            self.buf.clear();
-            let dt = time::OffsetDateTime::from_unix_timestamp(second).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-            use std::fmt::Write;
-            let _ = write!(
-                self.buf,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
-                dt.year(),
-                u8::from(dt.month()),
-                dt.day(),
-                dt.hour(),
-                dt.minute(),
-                dt.second()
-            );
-            self.cached_second = Some(second);
-        }
-        self.buf.truncate(20);
-        let digits = subsec_100ns + 10_000_000; // leading 1 gives the zero padding for free
-        let mut b = itoa::Buffer::new();
-        self.buf.push_str(&b.format(digits)[1..]);
-        self.buf.push('Z');
-        &self.buf
-    }
-}
-
-/// A stable, fast hash of a symbol id's bytes (FNV-1a) to pick its worker. Stable across runs
-/// and independent of the hasher seed, so a symbol always lands on the same worker.
-pub fn route(symbol_id: &[u8], n_workers: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in symbol_id {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % n_workers as u64) as usize
 }
 
 #[cfg(test)]
@@ -432,12 +273,6 @@ mod tests {
     }
 
     const TRADE: &str = r#"{"type":"trade","symbol_id":"BITSTAMP_SPOT_BTC_USD","sequence":2323346,"time_exchange":"2013-09-28T22:40:50.0000000Z","time_coinapi":"2017-03-18T22:42:21.3763342Z","uuid":"770C7A3B-7258-4441-8182-83740F3E2457","price":770.000000000,"size":0.0189885151556305438646080756,"taker_side":"BUY"}"#;
-
-    fn line(frame: &str) -> String {
-        let mut out = Vec::new();
-        append_line(&mut out, frame.as_bytes(), "2026-11-28T06:44:26.1234567Z", Source::Ws);
-        String::from_utf8(out).expect("utf8")
-    }
 
     #[test]
     fn scan_field_finds_keys_not_lookalikes() {
@@ -571,83 +406,5 @@ mod tests {
             accepted += usize::from(decode(&frame).is_ok());
         }
         assert!(accepted > 10_000, "the mutations should leave many frames valid: {accepted}");
-    }
-
-    #[test]
-    fn output_keeps_every_number_byte_identical() {
-        let got = line(TRADE);
-        assert_eq!(
-            got,
-            format!(
-                "{},\"recv_time\":\"2026-11-28T06:44:26.1234567Z\",\"source\":\"ws\"}}\n",
-                &TRADE[..TRADE.len() - 1]
-            )
-        );
-        assert!(got.contains(r#""price":770.000000000,"size":0.0189885151556305438646080756,"#));
-        let exp = line(r#"{"type":"exrate","rate":1e-8,"big":123456789012345678901234567890}"#);
-        assert!(exp.contains(r#""rate":1e-8,"big":123456789012345678901234567890,"#), "{exp}");
-    }
-
-    #[test]
-    fn output_is_compact_one_line_and_keeps_strings_intact() {
-        let pretty = "{ \"type\" : \"quote\",\n  \"symbol_id\": \"A B\\\" \\n\",\r\n\t\"ask_price\" : 1.50 }\n";
-        let got = line(pretty);
-        assert_eq!(
-            got,
-            "{\"type\":\"quote\",\"symbol_id\":\"A B\\\" \\n\",\"ask_price\":1.50,\"recv_time\":\"2026-11-28T06:44:26.1234567Z\",\"source\":\"ws\"}\n"
-        );
-        let v: serde_json::Value = serde_json::from_str(&got).expect("valid json");
-        assert_eq!(v["symbol_id"], "A B\" \n");
-        assert_eq!(line("{}"), "{\"recv_time\":\"2026-11-28T06:44:26.1234567Z\",\"source\":\"ws\"}\n");
-    }
-
-    #[test]
-    fn rest_records_get_type_and_symbol_and_keep_their_numbers() {
-        let check = |record: &str, dt: DataType, want: &str| {
-            let mut out = Vec::new();
-            append_rest_line(&mut out, record.as_bytes(), dt, "BITSTAMP_SPOT_BTC_USD", "T");
-            assert_eq!(String::from_utf8(out).expect("utf8"), want, "{record}");
-        };
-        check(
-            r#"{"symbol_id":"BITSTAMP_SPOT_BTC_USD","uuid":"a","price":0.0189885151556305438646080756}"#,
-            DataType::Trade,
-            "{\"type\":\"trade\",\"symbol_id\":\"BITSTAMP_SPOT_BTC_USD\",\"uuid\":\"a\",\"price\":0.0189885151556305438646080756,\"recv_time\":\"T\",\"source\":\"rest\"}\n",
-        );
-        check(
-            r#"{ "time_period_start": "x", "price_close" : 770.000000000 }"#,
-            DataType::Ohlcv,
-            "{\"type\":\"ohlcv\",\"symbol_id\":\"BITSTAMP_SPOT_BTC_USD\",\"time_period_start\":\"x\",\"price_close\":770.000000000,\"recv_time\":\"T\",\"source\":\"rest\"}\n",
-        );
-        check(
-            r#"{"symbol_id":"S","asks":[{"price":1e-8,"size":2}],"bids":[]}"#,
-            DataType::Book20,
-            "{\"type\":\"book20\",\"is_snapshot\":true,\"symbol_id\":\"S\",\"asks\":[{\"price\":1e-8,\"size\":2}],\"bids\":[],\"recv_time\":\"T\",\"source\":\"rest\"}\n",
-        );
-        check(
-            "{}",
-            DataType::Quote,
-            "{\"type\":\"quote\",\"symbol_id\":\"BITSTAMP_SPOT_BTC_USD\",\"recv_time\":\"T\",\"source\":\"rest\"}\n",
-        );
-    }
-
-    #[test]
-    fn timestamps_use_coinapi_format() {
-        let mut f = TimestampFormatter::default();
-        assert_eq!(f.format(0), "1970-01-01T00:00:00.0000000Z");
-        assert_eq!(f.format(1_489_876_941_376_334_200), "2017-03-18T22:42:21.3763342Z");
-        assert_eq!(f.format(1_489_876_941_000_000_099), "2017-03-18T22:42:21.0000000Z");
-        assert_eq!(f.format(1_489_876_942_999_999_999), "2017-03-18T22:42:22.9999999Z");
-    }
-
-    #[test]
-    fn routing_is_stable_and_in_range() {
-        for n in 1..8 {
-            let w = route(b"BITSTAMP_SPOT_BTC_USD", n);
-            assert!(w < n);
-            assert_eq!(w, route(b"BITSTAMP_SPOT_BTC_USD", n));
-        }
-        let spread: std::collections::HashSet<usize> =
-            (0..100).map(|i| route(format!("SYM_{i}").as_bytes(), 4)).collect();
-        assert_eq!(spread.len(), 4, "100 symbols use all 4 workers");
     }
 }

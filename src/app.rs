@@ -1,0 +1,240 @@
+//! The only place that creates the channels between pipeline threads and spawns the threads:
+//! one reader, `n_workers` workers, one recovery thread and one writer, inside
+//! `std::thread::scope` on a `pipeline` thread, all named and all joined. The calling thread
+//! supervises: it prints the health line, enforces the shutdown deadline, and maps how the
+//! threads ended (a panic among them) to a typed `Outcome` that `main` turns into an exit code.
+//!
+//! Shutdown travels by channel disconnection, the same way whatever the cause (Ctrl-C, a
+//! terminal error, a closed stdout, a thread that panicked): the reader returns and drops its
+//! senders, the workers drain their channels and drop theirs, the writer writes what is left,
+//! flushes and returns. A panic in any thread is caught where the thread starts, logged with the
+//! thread's name, and requests the stop, so the run ends within a second with exit 1.
+
+use std::any::Any;
+use std::io::Write;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::thread::{self, Scope, ScopedJoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::RecvTimeoutError;
+use parking_lot::Mutex;
+
+use crate::config::Config;
+use crate::ingest::{Reader, ReaderExit};
+use crate::lanes::{Lanes, WorkerInput};
+use crate::metrics::{proc, text, Metrics, Snapshot};
+use crate::output::ndjson::Batch;
+use crate::output::writer::{self, WriterExit};
+use crate::recovery::handle::RecoveryHandle;
+use crate::recovery::rest::RestClient;
+use crate::recovery::Recovery;
+use crate::shutdown::Shutdown;
+use crate::worker::symbols::TableLimits;
+use crate::worker::Worker;
+
+/// Batches queued for the writer per producer; with `BATCH_BYTES` per batch this bounds the
+/// bytes waiting for stdout to a few MiB.
+const WRITER_QUEUE_PER_PRODUCER: usize = 4;
+/// How often the supervisor looks at the shutdown flag and the clock.
+const SUPERVISOR_TICK: Duration = Duration::from_millis(50);
+/// Symbols listed with their drop counts in the summary.
+const SUMMARY_TOP_DROPS: usize = 10;
+
+/// How the pipeline ended, mapped to an exit code by `main`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stopped on request (signal) or because stdout was closed: exit 0.
+    Clean,
+    /// CoinAPI refused the key: retrying cannot help (exit 3).
+    KeyRefused(String),
+    /// Stdout failed for another reason (exit 1).
+    OutputFailed(String),
+    /// A pipeline thread panicked; the run was stopped (exit 1).
+    ThreadPanicked { thread: String, message: String },
+    /// The graceful stop did not finish within `--shutdown-timeout` (exit 1). A thread is still
+    /// stuck (typically writing into a stdout nobody reads); the process must end to free it.
+    ShutdownTimedOut,
+}
+
+/// The first thread failure of a run, kept for the outcome.
+type Failure = Mutex<Option<(String, String)>>;
+
+/// Runs until a stop is requested (or the reader gives up, or a thread fails), then drains and
+/// returns. On `ShutdownTimedOut` the pipeline thread is left running: the caller exits.
+pub fn run<W: Write + Send + 'static>(
+    config: Arc<Config>,
+    shutdown: Arc<Shutdown>,
+    metrics: Arc<Metrics>,
+    out: W,
+) -> Outcome {
+    let started = Instant::now();
+    let rest = RestClient::new(&config.recovery);
+    let rest_agent = rest.agent();
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<Outcome>(1);
+    let pipeline = {
+        let (config, shutdown, metrics) = (Arc::clone(&config), Arc::clone(&shutdown), Arc::clone(&metrics));
+        thread::Builder::new().name("pipeline".into()).spawn(move || {
+            let outcome = run_threads(&config, &shutdown, &metrics, rest, out);
+            let _ = done_tx.send(outcome);
+        })
+    };
+    let pipeline = match pipeline {
+        Ok(handle) => handle,
+        Err(e) => return Outcome::ThreadPanicked { thread: "pipeline".into(), message: format!("cannot start: {e}") },
+    };
+
+    let mut rest_agent = Some(rest_agent);
+    let mut prev = metrics.snapshot();
+    let mut prev_at = started;
+    let mut stop_deadline: Option<Instant> = None;
+    let pc = &config.pipeline;
+    let outcome = loop {
+        match done_rx.recv_timeout(SUPERVISOR_TICK) {
+            Ok(outcome) => break outcome,
+            Err(RecvTimeoutError::Disconnected) => {
+                break Outcome::ThreadPanicked { thread: "pipeline".into(), message: "ended without an outcome".into() }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let now = Instant::now();
+        match stop_deadline {
+            None if shutdown.is_requested() => {
+                stop_deadline = Some(now + pc.shutdown_timeout);
+                log::info!("stopping: closing the connection and writing what is queued");
+                // Interrupts a REST request in flight so it cannot hold the stop up.
+                if let Some(agent) = rest_agent.take() {
+                    agent.shutdown();
+                }
+            }
+            Some(deadline) if now >= deadline => {
+                log::error!(
+                    "shutdown did not finish within {:.1}s (stdout blocked?); exiting with what was written",
+                    pc.shutdown_timeout.as_secs_f64()
+                );
+                log::info!("{}", summary(&metrics.snapshot(), started, &metrics));
+                return Outcome::ShutdownTimedOut;
+            }
+            _ => {}
+        }
+        if let Some(interval) = pc.health_interval {
+            if now.duration_since(prev_at) >= interval {
+                let snap = metrics.snapshot();
+                let depths = metrics.queue_depths();
+                let memory = proc::memory_kib();
+                let line =
+                    text::health_line(&snap, &prev, now.duration_since(prev_at), &depths, pc.queue_capacity, memory);
+                log::info!("{line}");
+                prev = snap;
+                prev_at = now;
+            }
+        }
+    };
+    let _ = pipeline.join();
+    log::info!("{}", summary(&metrics.snapshot(), started, &metrics));
+    outcome
+}
+
+fn summary(snap: &Snapshot, started: Instant, metrics: &Metrics) -> String {
+    text::summary_line(snap, started.elapsed(), &metrics.top_drops(SUMMARY_TOP_DROPS), proc::memory_kib())
+}
+
+/// Creates the channels, starts every pipeline thread and joins them all.
+fn run_threads<W: Write + Send>(
+    config: &Config,
+    shutdown: &Shutdown,
+    metrics: &Metrics,
+    rest: RestClient,
+    out: W,
+) -> Outcome {
+    let pc = &config.pipeline;
+    let n = pc.n_workers;
+    let (writer_tx, writer_rx) = crossbeam_channel::bounded::<Batch>((n + 1) * WRITER_QUEUE_PER_PRODUCER);
+    let (worker_txs, worker_rxs): (Vec<_>, Vec<_>) =
+        (0..n).map(|_| crossbeam_channel::bounded::<WorkerInput>(pc.queue_capacity)).unzip();
+    let recovery_handle = RecoveryHandle::new(&config.recovery, Instant::now());
+    let recovery_handle = &recovery_handle;
+    let limits = TableLimits {
+        symbols_max: config.limits.symbols_per_worker,
+        trade_ids_per_symbol: config.limits.trade_ids_per_symbol,
+    };
+    let failure: Failure = Mutex::new(None);
+    let failure = &failure;
+
+    let (reader_exit, writer_exit) = thread::scope(|s| {
+        let writer =
+            spawn(s, "writer".into(), failure, shutdown, move || writer::run(writer_rx, out, metrics, shutdown));
+        let workers: Vec<_> = worker_rxs
+            .into_iter()
+            .enumerate()
+            .map(|(id, rx)| {
+                let tx = writer_tx.clone();
+                spawn(s, format!("worker-{id}"), failure, shutdown, move || {
+                    Worker::new(id, limits, metrics).with_recovery(recovery_handle).run(rx, tx)
+                })
+            })
+            .collect();
+        let recovery = Recovery { handle: recovery_handle, client: rest, lanes: worker_txs.clone(), metrics, shutdown };
+        let recovery = spawn(s, "recovery".into(), failure, shutdown, move || recovery.run());
+        let lanes = Lanes::new(worker_txs, pc.queue_capacity, pc.queue_wait, metrics);
+        let reader = spawn(s, "reader".into(), failure, shutdown, move || {
+            let exit = Reader::new(&config.ingest, metrics, shutdown, lanes, writer_tx).run();
+            // Whatever ended the reader ends the run: the recovery thread must let go of the
+            // workers' channels too.
+            shutdown.request();
+            exit
+        });
+        let reader_exit = reader.join().ok().flatten();
+        let _ = recovery.join();
+        for w in workers {
+            let _ = w.join();
+        }
+        let writer_exit = writer.join().ok().flatten();
+        (reader_exit, writer_exit)
+    });
+
+    if let Some((thread, message)) = failure.lock().take() {
+        return Outcome::ThreadPanicked { thread, message };
+    }
+    match (reader_exit, writer_exit) {
+        (_, Some(WriterExit::Failed(e))) => Outcome::OutputFailed(e),
+        (Some(ReaderExit::Fatal(msg)), _) => Outcome::KeyRefused(msg),
+        _ => Outcome::Clean,
+    }
+}
+
+/// Spawns one named pipeline thread whose panic is caught where it starts: logged with the
+/// thread's name, recorded as the run's failure, and turned into a stop request, so no panic
+/// can leave the others waiting. Returns `None` from `join` for a thread that panicked.
+fn spawn<'scope, 'env, T: Send + 'scope>(
+    s: &'scope Scope<'scope, 'env>,
+    name: String,
+    failure: &'env Failure,
+    shutdown: &'env Shutdown,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> ScopedJoinHandle<'scope, Option<T>> {
+    let thread_name = name.clone();
+    let body = move || match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(value) => Some(value),
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            log::error!("{thread_name} panicked: {message}; stopping the run");
+            failure.lock().get_or_insert((thread_name, message));
+            shutdown.request();
+            None
+        }
+    };
+    // Spawning fails only when the OS refuses a thread, at start-up: nothing can run then.
+    thread::Builder::new().name(name).spawn_scoped(s, body).expect("the OS refused to start a pipeline thread")
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}

@@ -1,0 +1,112 @@
+//! The ingester's raw command-line arguments, exactly as typed (clap derive). `Config::from_args`
+//! validates them; nothing else reads them. The binary flattens `RunArgs` into its command line
+//! beside the `sim` subcommand.
+
+use clap::Parser;
+
+use crate::config::limits::{
+    QUEUE_CAPACITY_DEFAULT, QUEUE_WAIT_MS_DEFAULT, RECOVERY_MAX_ATTEMPTS_DEFAULT, RECOVERY_MAX_PENDING_DEFAULT,
+    RECOVERY_TRADES_LIMIT_DEFAULT,
+};
+
+/// Raw arguments of the ingester, exactly as typed; `Config::from_args` checks them. The binary
+/// flattens these into its command line (beside the `sim` subcommand); tests and benches parse
+/// them directly with `RunArgs::try_parse_from`.
+#[derive(Parser, Debug)]
+#[command(name = "coinfeed")]
+pub struct RunArgs {
+    /// Comma-separated CoinAPI symbol ids, matched exactly (e.g. BITSTAMP_SPOT_BTC_USD). End one
+    /// with `*` to subscribe to every symbol starting with that prefix (e.g. BITSTAMP_SPOT_*).
+    /// Required unless --sim (which defaults to the simulator's five symbols).
+    #[arg(long, value_name = "LIST")]
+    pub symbols: Option<String>,
+
+    /// Comma-separated data types: trade, quote, book, book5, book20, book50, book_l3, ohlcv, exrate.
+    #[arg(long, value_name = "LIST", default_value = "trade,quote")]
+    pub types: String,
+
+    /// CoinAPI WebSocket endpoint (wss://, or ws:// to a loopback host).
+    #[arg(long, value_name = "URL", default_value = "wss://ws.coinapi.io/v1/", conflicts_with = "sim")]
+    pub ws_url: String,
+
+    /// CoinAPI REST endpoint, used for gap recovery.
+    #[arg(long, value_name = "URL", default_value = "https://rest.coinapi.io", conflicts_with = "sim")]
+    pub rest_url: String,
+
+    /// Worker threads that decode and format messages [default: available cores].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Capacity of each worker's input channel, in messages. When a channel stays full the reader
+    /// drops (and counts) messages rather than stop reading the socket.
+    #[arg(long, value_name = "N", default_value_t = QUEUE_CAPACITY_DEFAULT)]
+    pub queue_capacity: usize,
+
+    /// How long the reader may wait for room in a full channel to absorb a burst before it starts
+    /// dropping messages, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = QUEUE_WAIT_MS_DEFAULT)]
+    pub queue_wait_ms: u64,
+
+    /// Maximum REST recovery requests per second (CoinAPI rate limits and credits).
+    #[arg(long, value_name = "X", default_value_t = 2.0)]
+    pub recovery_rps: f64,
+
+    /// Most symbol/data-type pairs waiting for REST recovery at once; more gaps are counted and
+    /// logged, not queued.
+    #[arg(long, value_name = "N", default_value_t = RECOVERY_MAX_PENDING_DEFAULT)]
+    pub recovery_max_pending: usize,
+
+    /// REST requests per recovery key that may fail (5xx, timeout, bad body) before it is given up.
+    #[arg(long, value_name = "N", default_value_t = RECOVERY_MAX_ATTEMPTS_DEFAULT)]
+    pub recovery_max_attempts: u32,
+
+    /// Seconds one REST request may take in all (connect, send, read).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub recovery_timeout: f64,
+
+    /// Trades fetched per trade recovery (`limit` of /v1/trades/{symbol}/latest; 100 costs one credit).
+    #[arg(long, value_name = "N", default_value_t = RECOVERY_TRADES_LIMIT_DEFAULT)]
+    pub recovery_trades_limit: u32,
+
+    /// Most REST credits recovery may spend per rolling 24 hours [default: no cap].
+    #[arg(long, value_name = "CREDITS")]
+    pub recovery_budget: Option<u64>,
+
+    /// Seconds allowed for DNS, TCP, TLS and the WebSocket upgrade together.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub connect_timeout: f64,
+
+    /// Seconds without any message (data or heartbeat) after which the connection is declared
+    /// dead and replaced.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub stale_timeout: f64,
+
+    /// Longest wait between reconnection attempts, in seconds (exponential backoff with jitter).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub backoff_max: f64,
+
+    /// Seconds between health lines on stderr; 0 turns them off.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub health_interval: f64,
+
+    /// Seconds a graceful stop may take (drain and flush) before coinfeed gives up and exits 1.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub shutdown_timeout: f64,
+
+    /// Log level on stderr: error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Run against the built-in CoinAPI simulator on 127.0.0.1 instead of CoinAPI (no key needed).
+    #[arg(long)]
+    pub sim: bool,
+
+    /// Simulator only: data messages per second it sends (0 = as fast as possible).
+    #[arg(long, value_name = "N", default_value_t = 100, requires = "sim")]
+    pub sim_rate: u64,
+
+    /// Allow an unencrypted ws:// URL to a host that is not loopback (the API key would travel in
+    /// clear text).
+    #[arg(long)]
+    pub allow_insecure_ws: bool,
+}

@@ -1,0 +1,307 @@
+//! The one metrics registry: every counter and gauge of the pipeline is declared once below
+//! (name, help, kind, where it is shown), and the health line, the final summary and the
+//! Prometheus endpoint of the next stage are all rendered from that one table (`text.rs`).
+//!
+//! Values are relaxed atomics written on the hot path and read only for reports. The accounting
+//! identity the tests check: every data frame the reader received is either dropped by the reader
+//! (full channel), or decoded by a worker into exactly one of written, malformed, unknown type or
+//! duplicate trade: `received = dropped + written + malformed + unknown_type + duplicate_trades`
+//! once drained. `written`, `recovered_written` and `control_lines` come from the batches'
+//! own line counts, added by the writer once the bytes are out (`add_written`).
+//!
+//! Per-worker queue depth is a gauge per worker, set by the reader after each hand-off and by the
+//! worker when it goes idle: nothing holds a clone of a worker's channel to read it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::output::ndjson::LineCounts;
+
+pub mod proc;
+pub mod text;
+
+/// Distinct symbols tracked for per-symbol drop counts; more are summed under `(other)`.
+const DROP_SYMBOLS_MAX: usize = 1_000;
+
+/// A value that only goes up, or one that is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    /// A gauge that is absent until first set (stored as `u64::MAX` meanwhile).
+    OptionalGauge,
+    /// A signed gauge, absent until first set (an `i64` stored as its bits; `i64::MIN` is absent).
+    OptionalSignedGauge,
+}
+
+/// Where a metric is shown besides the Prometheus page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// In the health line and in the summary.
+    Both,
+    /// In the final summary only (totals nobody needs every 10 s).
+    Summary,
+    /// In the health line only (a state of the moment, meaningless at exit).
+    Health,
+}
+
+/// One declared metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Def {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub show: Show,
+}
+
+impl Def {
+    /// The value as text, `None` for an optional gauge never set.
+    pub fn render(&self, raw: u64) -> Option<String> {
+        match self.kind {
+            Kind::Counter | Kind::Gauge => Some(raw.to_string()),
+            Kind::OptionalGauge => (raw != u64::MAX).then(|| raw.to_string()),
+            Kind::OptionalSignedGauge => {
+                let v = raw as i64;
+                (v != i64::MIN).then(|| v.to_string())
+            }
+        }
+    }
+}
+
+/// One metric's value.
+#[derive(Debug)]
+pub struct Value(AtomicU64);
+
+impl Value {
+    const fn new(kind: Kind) -> Value {
+        Value(AtomicU64::new(match kind {
+            Kind::Counter | Kind::Gauge => 0,
+            Kind::OptionalGauge => u64::MAX,
+            Kind::OptionalSignedGauge => i64::MIN as u64,
+        }))
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn set_signed(&self, v: i64) {
+        self.0.store(v as u64, Ordering::Relaxed);
+    }
+    pub fn max(&self, v: u64) {
+        self.0.fetch_max(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Declares the registry: the `Metrics` struct (one `Value` per metric), its `Snapshot` (one
+/// `u64` per metric, same names), and `DEFS` (the table renderers walk), in one list.
+macro_rules! registry {
+    ($( $(#[doc = $doc:literal])+ $name:ident: $kind:ident, $show:ident; )+) => {
+        /// Every metric's definition, in declaration order (the order of the rendered lines).
+        pub const DEFS: &[Def] = &[
+            $( Def { name: stringify!($name), help: concat!($($doc),+), kind: Kind::$kind, show: Show::$show }, )+
+        ];
+
+        /// The live values, shared by every thread.
+        #[derive(Debug)]
+        pub struct Metrics {
+            $( $(#[doc = $doc])+ pub $name: Value, )+
+            /// Per worker: messages waiting in its input channel.
+            queue_depths: Box<[Value]>,
+            drops_by_symbol: Mutex<HashMap<Box<str>, u64>>,
+        }
+
+        /// A copy of every value at one moment (raw: optional gauges hold their sentinel).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct Snapshot {
+            $( pub $name: u64, )+
+        }
+
+        impl Default for Snapshot {
+            fn default() -> Snapshot {
+                Snapshot { $( $name: Value::new(Kind::$kind).get(), )+ }
+            }
+        }
+
+        impl Metrics {
+            /// A registry for a pipeline of `n_workers` workers.
+            pub fn new(n_workers: usize) -> Metrics {
+                Metrics {
+                    $( $name: Value::new(Kind::$kind), )+
+                    queue_depths: (0..n_workers).map(|_| Value::new(Kind::Gauge)).collect(),
+                    drops_by_symbol: Mutex::new(HashMap::new()),
+                }
+            }
+
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $( $name: self.$name.get(), )+ }
+            }
+        }
+
+        impl Snapshot {
+            /// Every value, in the order of `DEFS`.
+            pub fn values(&self) -> Vec<u64> {
+                vec![ $( self.$name, )+ ]
+            }
+        }
+    };
+}
+
+registry! {
+    /// Data frames (not heartbeats, not error/reconnect notices) read from the socket.
+    received: Counter, Both;
+    /// Market-data lines written to stdout.
+    written: Counter, Both;
+    /// Data frames the reader shed because a worker's channel stayed full.
+    dropped: Counter, Both;
+    /// Frames that were not valid CoinAPI messages (bad JSON, not an object, missing fields, binary frames).
+    malformed: Counter, Both;
+    /// Valid JSON objects of a type this program does not handle.
+    unknown_type: Counter, Both;
+    /// Trades not written because their uuid was already written (exchange duplicates, or REST records overlapping the stream).
+    duplicate_trades: Counter, Both;
+    /// Heartbeats received.
+    heartbeats: Counter, Both;
+    /// WebSocket connections opened.
+    connections: Counter, Both;
+    /// Connections opened after the first.
+    reconnects: Counter, Both;
+    /// Sequence jumps detected (gap lines with reason sequence).
+    gaps: Counter, Both;
+    /// Streams that were live when their connection ended (gap lines with reason reconnect).
+    reconnect_gaps: Counter, Both;
+    /// Messages repeating the previous sequence of their stream.
+    sequence_repeats: Counter, Both;
+    /// Messages whose sequence stepped backwards.
+    sequence_regressions: Counter, Both;
+    /// Messages of symbols beyond a worker's symbol table bound: written, but not tracked for gaps or duplicates.
+    symbols_untracked: Counter, Both;
+    /// Recovery keys waiting for a REST request.
+    recovery_pending: Gauge, Both;
+    /// REST recovery requests sent.
+    recovery_requests: Counter, Both;
+    /// Recoveries finished (recovery lines with status ok).
+    recovery_ok: Counter, Both;
+    /// Recoveries given up (recovery lines with status failed).
+    recovery_failed: Counter, Both;
+    /// Gaps not queued for recovery because the pending set was full.
+    recovery_overflow: Counter, Both;
+    /// REST answers 429 (too many requests).
+    recovery_rate_limited: Counter, Both;
+    /// Records recovered over REST and written to stdout.
+    recovered_written: Counter, Both;
+    /// The last X-RateLimit-Remaining CoinAPI sent.
+    rate_limit_remaining: OptionalSignedGauge, Both;
+    /// The last X-RateLimit-Request-Cost CoinAPI sent.
+    rate_limit_request_cost: OptionalGauge, Both;
+    /// When the last 429 arrived, Unix seconds.
+    last_429_unix_s: OptionalGauge, Both;
+    /// Control lines (connection, gap, recovery) written to stdout.
+    control_lines: Counter, Summary;
+    /// Control lines that could not be queued to the writer in time (stdout stuck).
+    control_lines_lost: Counter, Summary;
+    /// Bytes written to stdout.
+    bytes_written: Counter, Summary;
+    /// Highest depth any worker channel reached.
+    max_queue_depth: Gauge, Both;
+    /// Symbols that sent data before but none for a minute (summed over workers).
+    silent_symbols: Gauge, Health;
+}
+
+impl Metrics {
+    /// Lines and bytes the writer has written.
+    pub fn add_written(&self, lines: LineCounts, bytes: usize) {
+        self.written.add(lines.market);
+        self.recovered_written.add(lines.rest);
+        self.control_lines.add(lines.control);
+        self.bytes_written.add(bytes as u64);
+    }
+
+    /// One frame of `symbol_id` shed by the reader.
+    pub fn record_drop(&self, symbol_id: &[u8]) {
+        self.dropped.add(1);
+        let key = std::str::from_utf8(symbol_id).unwrap_or("(invalid utf-8)");
+        let mut map = self.drops_by_symbol.lock();
+        if let Some(n) = map.get_mut(key) {
+            *n += 1;
+        } else if map.len() < DROP_SYMBOLS_MAX {
+            map.insert(key.into(), 1);
+        } else {
+            *map.entry("(other)".into()).or_insert(0) += 1;
+        }
+    }
+
+    /// Worker `worker`'s channel holds `depth` messages.
+    pub fn set_queue_depth(&self, worker: usize, depth: usize) {
+        if let Some(gauge) = self.queue_depths.get(worker) {
+            gauge.set(depth as u64);
+        }
+        self.max_queue_depth.max(depth as u64);
+    }
+
+    /// Every worker's queue depth, by worker id.
+    pub fn queue_depths(&self) -> Vec<u64> {
+        self.queue_depths.iter().map(Value::get).collect()
+    }
+
+    /// Drop counts per symbol, largest first, at most `n`.
+    pub fn top_drops(&self, n: usize) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self.drops_by_symbol.lock().iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_counted_per_symbol_with_a_bounded_map() {
+        let m = Metrics::new(1);
+        for i in 0..(DROP_SYMBOLS_MAX + 10) {
+            m.record_drop(format!("S{i}").as_bytes());
+        }
+        m.record_drop(b"S0");
+        assert_eq!(m.snapshot().dropped, DROP_SYMBOLS_MAX as u64 + 11);
+        let top = m.top_drops(2);
+        assert_eq!(top[0], ("(other)".to_string(), 10));
+        assert_eq!(top[1], ("S0".to_string(), 2));
+        assert!(m.drops_by_symbol.lock().len() <= DROP_SYMBOLS_MAX + 1);
+    }
+
+    /// Proves the table is well formed: unique snake_case names, a help text for each, and one
+    /// value per definition in a snapshot.
+    #[test]
+    fn every_metric_is_declared_once_with_help() {
+        let mut names: Vec<&str> = DEFS.iter().map(|d| d.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DEFS.len(), "a name is declared twice");
+        for d in DEFS {
+            assert!(d.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{}", d.name);
+            assert!(d.help.trim().len() > 10, "{} needs a help text", d.name);
+        }
+        assert_eq!(Metrics::new(2).snapshot().values().len(), DEFS.len());
+    }
+
+    #[test]
+    fn optional_gauges_are_absent_until_set_and_signed_ones_keep_their_sign() {
+        let m = Metrics::new(1);
+        let def = |name: &str| DEFS.iter().find(|d| d.name == name).copied().expect("declared");
+        assert_eq!(def("rate_limit_remaining").render(m.snapshot().rate_limit_remaining), None);
+        m.rate_limit_remaining.set_signed(-66_181);
+        assert_eq!(def("rate_limit_remaining").render(m.snapshot().rate_limit_remaining).as_deref(), Some("-66181"));
+        assert_eq!(def("last_429_unix_s").render(m.snapshot().last_429_unix_s), None);
+        m.set_queue_depth(0, 7);
+        m.set_queue_depth(0, 3);
+        assert_eq!((m.queue_depths(), m.snapshot().max_queue_depth), (vec![3], 7));
+    }
+}

@@ -1,0 +1,96 @@
+//! The health line and the final summary on stderr, rendered from the registry's table:
+//! `key=value` pairs, readable by people and by `grep`/`awk`. Pure but for the memory figures,
+//! which are passed in.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::metrics::{Show, Snapshot, DEFS};
+
+/// Resident and peak memory in KiB, when known.
+pub type Memory = Option<(u64, u64)>;
+
+/// Appends ` name=value` for each metric shown in `wanted` (optional gauges only once set).
+fn push_metrics(s: &mut String, now: &Snapshot, wanted: impl Fn(Show) -> bool) {
+    for (def, raw) in DEFS.iter().zip(now.values()) {
+        if !wanted(def.show) {
+            continue;
+        }
+        if let Some(v) = def.render(raw) {
+            let _ = write!(s, " {}={v}", def.name);
+        }
+    }
+}
+
+/// One health line: the message rate since `prev`, every queue as `depth/capacity`, then every
+/// metric shown in health lines, then resident memory.
+pub fn health_line(
+    now: &Snapshot,
+    prev: &Snapshot,
+    elapsed: Duration,
+    depths: &[u64],
+    capacity: usize,
+    memory: Memory,
+) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let rate = now.received.saturating_sub(prev.received) as f64 / secs;
+    let mut s = format!("health: rate_msg_s={rate:.0} queues=[");
+    for (i, d) in depths.iter().enumerate() {
+        let _ = write!(s, "{}{d}/{capacity}", if i > 0 { "," } else { "" });
+    }
+    s.push(']');
+    push_metrics(&mut s, now, |show| show != Show::Summary);
+    if let Some((rss, _)) = memory {
+        let _ = write!(s, " rss_kib={rss}");
+    }
+    s
+}
+
+/// The final summary: every metric shown in summaries, uptime, memory and the symbols that lost
+/// the most.
+pub fn summary_line(now: &Snapshot, uptime: Duration, top_drops: &[(String, u64)], memory: Memory) -> String {
+    let mut s = String::from("summary:");
+    push_metrics(&mut s, now, |show| show != Show::Health);
+    let _ = write!(s, " uptime_s={:.1}", uptime.as_secs_f64());
+    if let Some((rss, peak)) = memory {
+        let _ = write!(s, " rss_kib={rss} peak_rss_kib={peak}");
+    }
+    if !top_drops.is_empty() {
+        let list: Vec<String> = top_drops.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+        let _ = write!(s, " dropped_by_symbol={}", list.join(","));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_key_value_and_name_every_counter() {
+        let now = Snapshot { received: 30, dropped: 2, written: 27, malformed: 1, ..Snapshot::default() };
+        let h = health_line(&now, &Snapshot::default(), Duration::from_secs(10), &[3, 0], 500, Some((11_000, 12_000)));
+        assert!(
+            h.starts_with("health: rate_msg_s=3 queues=[3/500,0/500] received=30 written=27 dropped=2 malformed=1"),
+            "{h}"
+        );
+        assert!(h.contains(" recovery_pending=0") && !h.contains("rate_limit_remaining"), "{h}");
+        assert!(h.contains(" silent_symbols=0") && !h.contains("bytes_written"), "{h}");
+        assert!(h.ends_with(" rss_kib=11000"), "{h}");
+        let s = summary_line(&now, Duration::from_millis(1500), &[("X".to_string(), 2)], Some((1, 2)));
+        assert!(s.starts_with("summary: received=30 written=27"), "{s}");
+        assert!(s.contains(" bytes_written=0") && !s.contains("silent_symbols"), "{s}");
+        assert!(
+            s.contains("uptime_s=1.5") && s.contains("peak_rss_kib=2") && s.contains("dropped_by_symbol=X:2"),
+            "{s}"
+        );
+        for def in crate::metrics::DEFS {
+            let shown = match def.show {
+                Show::Both => h.contains(def.name) && s.contains(def.name),
+                Show::Health => h.contains(def.name),
+                Show::Summary => s.contains(def.name),
+            };
+            assert!(shown || def.name.starts_with("rate_limit") || def.name.starts_with("last_429"), "{}", def.name);
+        }
+    }
+}

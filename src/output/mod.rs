@@ -1,0 +1,6 @@
+//! The output side: `ndjson` owns every line shape and the `Batch` that carries whole lines with
+//! their counts; `writer` is the one thread that writes batches to stdout (or the sink it was
+//! given).
+
+pub mod ndjson;
+pub mod writer;
