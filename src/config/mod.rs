@@ -163,7 +163,7 @@ impl Config {
         let data_types = parse_types(&args.types)?;
 
         let api_key = match (api_key, args.sim) {
-            (_, true) => ApiKey::new("coinfeed-sim-key".to_string()),
+            (_, true) => ApiKey::new("simulator-key".to_string()),
             (Some(k), false) if !k.trim().is_empty() => ApiKey::new(k.trim().to_string()),
             _ => {
                 return Err(err(

@@ -7,7 +7,7 @@
 //! (full channel), or decoded by a worker into exactly one of written, malformed, unknown type or
 //! duplicate trade: `received = dropped + written + malformed + unknown_type + duplicate_trades`
 //! once drained. `written`, `recovered_written` and `control_lines` come from the batches'
-//! own line counts, added by the writer once the bytes are out (`add_written`).
+//! own line counts, added by the writer once the bytes are out.
 //!
 //! Per-worker queue depth is a gauge per worker, set by the reader after each hand-off and by the
 //! worker when it goes idle: nothing holds a clone of a worker's channel to read it.
@@ -16,8 +16,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-
-use crate::output::ndjson::LineCounts;
 
 pub mod proc;
 pub mod text;
@@ -215,14 +213,6 @@ registry! {
 }
 
 impl Metrics {
-    /// Lines and bytes the writer has written.
-    pub fn add_written(&self, lines: LineCounts, bytes: usize) {
-        self.written.add(lines.market);
-        self.recovered_written.add(lines.rest);
-        self.control_lines.add(lines.control);
-        self.bytes_written.add(bytes as u64);
-    }
-
     /// One frame of `symbol_id` shed by the reader.
     pub fn record_drop(&self, symbol_id: &[u8]) {
         self.dropped.add(1);

@@ -120,13 +120,6 @@ fn minify_into(out: &mut Vec<u8>, text: &[u8]) {
     }
 }
 
-/// A JSON string literal (quoted and escaped), for text written by hand.
-pub fn json_string(s: &str) -> String {
-    let mut out = Vec::with_capacity(s.len() + 2);
-    push_json_string(&mut out, s);
-    String::from_utf8(out).unwrap_or_default()
-}
-
 /// Appends `s` as a JSON string literal. serde_json escapes exactly what JSON requires.
 fn push_json_string(out: &mut Vec<u8>, s: &str) {
     if serde_json::to_writer(&mut *out, s).is_err() {

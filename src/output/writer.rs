@@ -50,7 +50,11 @@ pub fn run<W: Write>(rx: Receiver<Batch>, mut out: W, metrics: &Metrics, shutdow
                 WriterExit::Failed(e.to_string())
             };
         }
-        metrics.add_written(batch.lines(), batch.len());
+        let lines = batch.lines();
+        metrics.written.add(lines.market);
+        metrics.recovered_written.add(lines.rest);
+        metrics.control_lines.add(lines.control);
+        metrics.bytes_written.add(batch.len() as u64);
     }
     match out.flush() {
         Ok(()) => WriterExit::Drained,

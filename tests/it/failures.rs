@@ -69,7 +69,7 @@ fn assert_whole_json_lines(feed: &Feed) {
 /// `COINFEED_TEST_PANIC=<thread>:<after>`, waits for the injected panic, then requires the run
 /// to end by itself within `EXIT_DEADLINE`: exit 1, the panicking thread named in a log line,
 /// no `fix COINAPI_KEY`, whole JSON lines on stdout. If the process is still up at the
-/// deadline, the test sends SIGINT to report what today's code does then, and fails.
+/// deadline, the test sends SIGINT to report what the process does then, and fails.
 fn a_panic_stops_the_run(thread: &str, after: u64, health_interval: &str) {
     let names = two_symbols();
     let sim = Sim::start(SimConfig { symbols: names.clone(), rate_per_sec: 500, ..SimConfig::default() }).expect("sim");
@@ -82,6 +82,11 @@ fn a_panic_stops_the_run(thread: &str, after: u64, health_interval: &str) {
         FeedOptions { env: vec![("COINFEED_TEST_PANIC".into(), spec.clone())], ..FeedOptions::default() },
     );
 
+    if thread == "recovery" {
+        // Recovery only runs for a gap: make one once the stream flows.
+        assert!(feed.stdout.wait_until(Duration::from_secs(20), |l| market_lines(l).len() >= 50));
+        sim.inject(WsFault::GapOn { symbol_id: WORKER0_SYMBOL.to_string(), skip: 3 });
+    }
     let injected = format!("injected test panic in {thread}");
     let seen = feed.stderr.wait_until(Duration::from_secs(20), |l| l.iter().any(|x| x.contains(&injected)));
     assert!(seen, "the injected panic ({spec}) never happened; stderr:\n{}", stderr_tail(&feed, 40));
@@ -139,27 +144,36 @@ fn a_panic_stops_the_run(thread: &str, after: u64, health_interval: &str) {
 }
 
 /// Proves a panic in the reader thread stops the whole run by itself within seconds with exit
-/// 1 (today it skips `shutdown.request()`, the recovery thread keeps every worker channel open,
-/// the process idles with no connection until a signal, and then exits 3 "fix COINAPI_KEY").
+/// 1 (before the fix it skipped `shutdown.request()`, the recovery thread kept every worker
+/// channel open, the process idled with no connection until a signal, then exited 3).
 #[test]
 fn a_reader_panic_ends_the_run_with_exit_1() {
     a_panic_stops_the_run("reader", 200, "1");
 }
 
 /// Proves a panic in the writer thread stops the whole run by itself within seconds with exit
-/// 1 (today the supervisor returns and the main thread waits at the recovery thread's join
-/// until a signal).
+/// 1 (before the fix the supervisor returned and the main thread waited at the recovery
+/// thread's join until a signal).
 #[test]
 fn a_writer_panic_ends_the_run_with_exit_1() {
     a_panic_stops_the_run("writer", 20, "1");
 }
 
-/// Proves a panic in a worker stops the whole run by itself within seconds with exit 1 (today
-/// the health line's clones of the worker receivers keep the dead worker's channel open, the
-/// reader drops worker-0's symbols as "channel full" until Ctrl-C, and the run exits 0).
+/// Proves a panic in a worker stops the whole run by itself within seconds with exit 1 (before
+/// the fix the health line's clones of the worker receivers kept the dead worker's channel
+/// open, the reader dropped worker-0's symbols as "channel full" until Ctrl-C, and the run
+/// exited 0).
 #[test]
 fn a_worker_panic_ends_the_run_with_exit_1() {
     a_panic_stops_the_run("worker-0", 100, "0.2");
+}
+
+/// Proves a panic in the recovery thread (at its first REST request, after a gap) stops the
+/// whole run by itself within seconds with exit 1 (before the fix the main thread waited for
+/// the writer while the reader kept reading).
+#[test]
+fn a_recovery_panic_ends_the_run_with_exit_1() {
+    a_panic_stops_the_run("recovery", 1, "1");
 }
 
 /// The lower-case uuid of a trade line.

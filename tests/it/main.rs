@@ -10,3 +10,4 @@ mod harness;
 mod lifecycle;
 mod protocol_faults;
 mod shutdown;
+mod tidy;

@@ -1,0 +1,291 @@
+//! Tidy tests: the invariants of ARCHITECTURE.md, held by reading the source tree. Each rule
+//! is a statement of what is absent (an unbounded channel, a clock read in a pure room, an
+//! import across rooms); a change that breaks one fails here with the file and line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::bin;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every `.rs` file under `dir`, recursively, sorted.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The library's files (src/ without main.rs), as (path relative to src/, text).
+fn library() -> Vec<(String, String)> {
+    let src = root().join("src");
+    rust_files(&src)
+        .into_iter()
+        .map(|p| (p.strip_prefix(&src).expect("under src").to_string_lossy().replace('\\', "/"), read(&p)))
+        .filter(|(rel, _)| rel != "main.rs")
+        .collect()
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The text before the file's unit tests: what a release build compiles.
+fn non_test(text: &str) -> &str {
+    text.find("#[cfg(test)]").map_or(text, |i| &text[..i])
+}
+
+/// Lines of `text` containing `needle`, outside `//` comments, as "line: text".
+fn hits(text: &str, needle: &str) -> Vec<String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let code = l.split("//").next().unwrap_or("");
+            code.contains(needle)
+        })
+        .map(|(i, l)| format!("{}: {}", i + 1, l.trim()))
+        .collect()
+}
+
+/// The room a library file belongs to: its first path component without `.rs`.
+fn room(rel: &str) -> &str {
+    rel.split('/').next().unwrap_or(rel).trim_end_matches(".rs")
+}
+
+/// Proves every source file opens with a `//!` paragraph saying what it owns.
+#[test]
+fn every_file_opens_with_a_module_doc() {
+    let mut missing = Vec::new();
+    for dir in ["src", "crates", "xtask", "tests", "benches"] {
+        for p in rust_files(&root().join(dir)) {
+            if !read(&p).trim_start().starts_with("//!") {
+                missing.push(p.display().to_string());
+            }
+        }
+    }
+    assert!(missing.is_empty(), "files without a //! module doc: {missing:#?}");
+}
+
+/// Proves no unbounded channel exists in the program or the simulator.
+#[test]
+fn no_unbounded_channel() {
+    let mut found = Vec::new();
+    for dir in ["src", "crates", "xtask"] {
+        for p in rust_files(&root().join(dir)) {
+            for h in hits(&read(&p), "unbounded(") {
+                found.push(format!("{}:{h}", p.display()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "unbounded channels: {found:#?}");
+}
+
+/// Proves the library never names the simulator (only the binary's `--sim` wiring does), and
+/// the simulator depends on nothing of coinfeed.
+#[test]
+fn the_core_never_names_the_simulator() {
+    let mut found = Vec::new();
+    for (rel, text) in library() {
+        for needle in ["coinfeed_sim", "coinfeed-sim"] {
+            found.extend(hits(&text, needle).into_iter().map(|h| format!("src/{rel}:{h}")));
+        }
+    }
+    assert!(found.is_empty(), "the library names the simulator: {found:#?}");
+    let sim_manifest = read(&root().join("crates/sim/Cargo.toml"));
+    let deps = sim_manifest.split("[dependencies]").nth(1).unwrap_or("");
+    assert!(!deps.lines().any(|l| l.trim_start().starts_with("coinfeed")), "coinfeed-sim depends on coinfeed");
+    for p in rust_files(&root().join("crates/sim")) {
+        assert!(hits(&read(&p), "coinfeed::").is_empty(), "{} uses the client's code", p.display());
+    }
+}
+
+/// Proves only the writer writes the output: no library file names stdout or prints (main.rs
+/// hands `io::stdout()` to the pipeline, the writer thread writes to what it was given).
+#[test]
+fn only_the_writer_touches_stdout() {
+    let mut found = Vec::new();
+    for (rel, text) in library() {
+        for needle in ["stdout()", "println!", "print!(", "io::stdout"] {
+            found.extend(hits(non_test(&text), needle).into_iter().map(|h| format!("src/{rel}:{h}")));
+        }
+    }
+    assert!(found.is_empty(), "stdout touched outside the writer: {found:#?}");
+}
+
+/// Proves pipeline threads are spawned in one place, app.rs. The one documented exception is
+/// the reader's short-lived `dns` lookup thread (getaddrinfo cannot be interrupted).
+#[test]
+fn threads_are_spawned_only_in_app() {
+    let mut found = Vec::new();
+    for (rel, text) in library() {
+        if rel == "app.rs" {
+            continue;
+        }
+        for needle in ["thread::Builder", "thread::spawn", "spawn_scoped", "thread::scope"] {
+            for h in hits(non_test(&text), needle) {
+                let exception = rel == "ingest/mod.rs" && needle == "thread::Builder";
+                if !exception {
+                    found.push(format!("src/{rel}:{h}"));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "threads spawned outside app.rs: {found:#?}");
+    let dns = library().into_iter().find(|(rel, _)| rel == "ingest/mod.rs").expect("ingest/mod.rs").1;
+    assert_eq!(hits(non_test(&dns), "thread::Builder").len(), 1, "exactly one exception: the dns thread");
+}
+
+/// The pure rooms: no IO, no clock, no threads; time comes in as an argument.
+const PURE: &[&str] = &[
+    "wire/mod.rs",
+    "wire/json_scan.rs",
+    "worker/symbols.rs",
+    "worker/sequence.rs",
+    "worker/dedup.rs",
+    "recovery/queue.rs",
+    "ingest/backoff.rs",
+    "output/ndjson.rs",
+    "metrics/text.rs",
+    "config/limits.rs",
+    "config/cli.rs",
+];
+
+/// Proves the pure rooms read no clock and do no IO outside their tests.
+#[test]
+fn pure_modules_read_no_clock() {
+    let library = library();
+    let mut found = Vec::new();
+    for rel in PURE {
+        let text = &library.iter().find(|(r, _)| r == rel).unwrap_or_else(|| panic!("{rel} is gone")).1;
+        for needle in ["Instant::now", "SystemTime::now", "unix_now_ns", "std::fs", "std::net", "std::thread"] {
+            found.extend(hits(non_test(text), needle).into_iter().map(|h| format!("src/{rel}:{h}")));
+        }
+    }
+    assert!(found.is_empty(), "clock or IO in a pure module: {found:#?}");
+}
+
+/// Which rooms each room may import (`crate::<room>`). Thread rooms (ingest, worker, recovery,
+/// output's writer) never import each other, with one exception: a worker calls
+/// `recovery::handle`. Only `app` may import everything, and nothing imports `app`.
+fn allowed(room: &str) -> &'static [&'static str] {
+    match room {
+        "clock" | "shutdown" | "fault" | "lib" => &[],
+        "wire" => &["wire"],
+        "metrics" => &["metrics"],
+        "config" => &["config", "wire"],
+        "lanes" => &["lanes", "metrics", "wire"],
+        "output" => &["output", "wire", "metrics", "shutdown", "fault"],
+        "ingest" => &["ingest", "clock", "config", "lanes", "metrics", "output", "shutdown", "wire", "fault"],
+        "worker" => &["worker", "clock", "lanes", "metrics", "output", "wire", "fault", "recovery::handle"],
+        "recovery" => &["recovery", "clock", "config", "lanes", "metrics", "shutdown", "wire", "fault"],
+        "app" => &["config", "ingest", "lanes", "metrics", "output", "recovery", "shutdown", "worker"],
+        other => panic!("no import rule for room {other:?}: add it to tidy.rs and ARCHITECTURE.md"),
+    }
+}
+
+/// Every `crate::a::b` path in `text` (outside comments), as "a::b" (two segments at most).
+fn crate_paths(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            let path: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':').collect();
+            let two: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).take(2).collect();
+            out.push((i + 1, two.join("::")));
+        }
+        // `use crate::{a, b}` groups.
+        if let Some(at) = code.find("crate::{") {
+            for name in code[at + "crate::{".len()..].split([',', '}']) {
+                let name = name.trim().split("::").next().unwrap_or("").trim();
+                if !name.is_empty() {
+                    out.push((i + 1, name.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Proves each room imports only what its rule allows, so no import circle can come back.
+#[test]
+fn imports_follow_the_room_rules() {
+    let mut found = Vec::new();
+    for (rel, text) in library() {
+        let r = room(&rel);
+        let allowed = allowed(r);
+        for (line, path) in crate_paths(&text) {
+            let first = path.split("::").next().unwrap_or("");
+            if first == "{" || first.is_empty() {
+                continue;
+            }
+            let ok = allowed.contains(&first) || allowed.contains(&path.as_str());
+            if !ok {
+                found.push(format!("src/{rel}:{line}: {r} imports crate::{path}"));
+            }
+        }
+        if r != "lib" {
+            assert!(!crate_paths(&text).iter().any(|(_, p)| p.starts_with("app")), "src/{rel}: nothing imports app");
+        }
+    }
+    assert!(found.is_empty(), "imports across rooms: {found:#?}");
+}
+
+/// Proves the README's flag table lists exactly the flags `--help` shows.
+#[test]
+fn the_readme_flag_table_matches_help() {
+    let help = Command::new(bin()).arg("--help").output().expect("coinfeed --help");
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flag = |s: &str| -> Option<String> {
+        let f: String = s.chars().take_while(|c| c.is_ascii_lowercase() || *c == '-').collect();
+        (f.len() > 2).then_some(f)
+    };
+    let mut from_help: Vec<String> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("-").map(|_| l.trim_start()))
+        .filter_map(|l| l.split(", ").last().and_then(flag))
+        .filter(|f| f != "--help" && f != "--version")
+        .collect();
+    from_help.sort();
+    from_help.dedup();
+    let readme = read(&root().join("README.md"));
+    let mut from_readme: Vec<String> =
+        readme.lines().filter_map(|l| l.strip_prefix("| `")).filter_map(flag).filter(|f| f.starts_with("--")).collect();
+    from_readme.sort();
+    from_readme.dedup();
+    assert_eq!(from_readme, from_help, "README.md's flag table and `coinfeed --help` disagree");
+}
+
+/// Proves README.md quotes every output line shape exactly as the code writes it (the shapes
+/// are the table test's in src/output/ndjson.rs).
+#[test]
+fn the_readme_quotes_every_line_shape() {
+    let ndjson = read(&root().join("src/output/ndjson.rs"));
+    let readme = read(&root().join("README.md"));
+    let table = ndjson.split("const SHAPES").nth(1).expect("the SHAPES table in ndjson.rs");
+    let table = &table[..table.find("];").expect("end of SHAPES")];
+    let shapes: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("r#\""))
+        .map(|l| l.trim_end_matches(',').trim_end_matches("\"#"))
+        .collect();
+    assert!(shapes.len() >= 9, "the shape table was not found in ndjson.rs");
+    for line in shapes {
+        assert!(readme.contains(line), "README.md does not quote this line exactly:\n{line}");
+    }
+}
