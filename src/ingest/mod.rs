@@ -3,8 +3,8 @@
 //!
 //! Its one rule is that it keeps reading. It never blocks on a full channel for longer than
 //! `--queue-wait-ms`: past that it sheds load (drops, counted per symbol) until the channel has
-//! drained to half its capacity, so pongs keep going out and CoinAPI's server-side buffer never
-//! overflows because of us. The socket has a short read timeout (`READ_TICK`) so shutdown and
+//! drained to half its capacity (`lanes::Lanes`), so pongs keep going out and CoinAPI's
+//! server-side buffer never overflows because of us. The socket has a short read timeout (`READ_TICK`) so shutdown and
 //! staleness are noticed between frames. Decoding is left to the workers: the reader only scans
 //! a frame's `type` and `symbol_id`.
 //!
