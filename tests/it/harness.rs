@@ -184,22 +184,13 @@ impl Feed {
     /// Waits for exit within `timeout`; kills the process and fails the test otherwise.
     /// Returns the status and how long the wait took.
     pub fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.release_stdout();
-                for r in self.readers.drain(..) {
-                    let _ = r.join();
-                }
-                return (status, started.elapsed());
-            }
-            if started.elapsed() > timeout {
+        match self.exit_within(timeout) {
+            Some(exit) => exit,
+            None => {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 panic!("coinfeed did not exit within {timeout:?}; stderr:\n{}", self.stderr.snapshot().join("\n"));
             }
-            // Polling the child's status: there is no portable blocking wait with a timeout.
-            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
