@@ -16,7 +16,7 @@ use coinfeed::worker::dedup::RecentIds;
 use coinfeed::worker::symbols::{SymbolTable, TableLimits};
 use coinfeed::worker::Worker;
 
-/// The default bounds: exact symbols, 100-trade recovery pages.
+/// The bounds of a prefix subscription on two workers with the default 100-trade pages.
 const LIMITS: TableLimits = TableLimits { symbols_max: 10_000, trade_ids_per_symbol: 256 };
 
 const TRADE: &str = r#"{"type":"trade","symbol_id":"BITSTAMP_SPOT_BTC_USD","sequence":2323346,"time_exchange":"2026-11-28T06:44:26.1230000Z","time_coinapi":"2026-11-28T06:44:26.1763342Z","uuid":"770C7A3B-7258-4441-8182-83740F3E2457","price":91234.123456789,"size":0.0189885151556305438646080756,"taker_side":"BUY"}"#;
@@ -127,13 +127,13 @@ fn per_symbol_state(c: &mut Criterion) {
         })
     });
     let uuids: Vec<String> = (0..4096u32).map(|n| format!("770C7A3B-7258-4441-8182-{n:012X}")).collect();
-    // The trade-id memory of one symbol at the old default depth, so the figure compares.
+    // One symbol's trade-id memory at the production depth (TRADE_IDS_PER_SYMBOL_MIN).
     let mut ids = RecentIds::default();
     let mut k = 0usize;
     group.bench_function("trade_uuid_insert", |b| {
         b.iter(|| {
             k = (k + 1) % uuids.len();
-            black_box(ids.insert(&uuids[k], 4096))
+            black_box(ids.insert(&uuids[k], LIMITS.trade_ids_per_symbol))
         })
     });
     group.finish();

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 use parking_lot::Mutex;
 
+use crate::config::limits::WRITER_QUEUE_PER_PRODUCER;
 use crate::config::Config;
 use crate::ingest::{Reader, ReaderExit};
 use crate::lanes::{Lanes, WorkerInput};
@@ -33,9 +34,6 @@ use crate::shutdown::Shutdown;
 use crate::worker::symbols::TableLimits;
 use crate::worker::Worker;
 
-/// Batches queued for the writer per producer; with `BATCH_BYTES` per batch this bounds the
-/// bytes waiting for stdout to a few MiB.
-const WRITER_QUEUE_PER_PRODUCER: usize = 4;
 /// How often the supervisor looks at the shutdown flag and the clock.
 const SUPERVISOR_TICK: Duration = Duration::from_millis(50);
 /// Symbols listed with their drop counts in the summary.
@@ -52,6 +50,8 @@ pub enum Outcome {
     OutputFailed(String),
     /// A pipeline thread panicked; the run was stopped (exit 1).
     ThreadPanicked { thread: String, message: String },
+    /// The pipeline could not be started: the OS refused a thread (exit 1).
+    StartFailed(String),
     /// The graceful stop did not finish within `--shutdown-timeout` (exit 1). A thread is still
     /// stuck (typically writing into a stdout nobody reads); the process must end to free it.
     ShutdownTimedOut,
@@ -81,7 +81,7 @@ pub fn run<W: Write + Send + 'static>(
     };
     let pipeline = match pipeline {
         Ok(handle) => handle,
-        Err(e) => return Outcome::ThreadPanicked { thread: "pipeline".into(), message: format!("cannot start: {e}") },
+        Err(e) => return Outcome::StartFailed(format!("cannot start the pipeline thread: {e}")),
     };
 
     let mut rest_agent = Some(rest_agent);

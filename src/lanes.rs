@@ -139,9 +139,11 @@ impl<'a> Lanes<'a> {
         Lanes { lanes, metrics, capacity, low_water: capacity / 2, queue_wait }
     }
 
-    /// Routes one data frame to the worker that owns its symbol.
-    pub fn dispatch(&mut self, frame: Frame) -> Dispatch {
-        let symbol = wire::scan_field(frame.text.as_bytes(), b"symbol_id").unwrap_or(b"");
+    /// Routes one data frame of connection `generation` to the worker that owns its symbol.
+    /// `recv_unix_ns` stamps it, called only for a frame that is not shed (the reader passes the
+    /// clock; a replay would pass the recorded time).
+    pub fn dispatch(&mut self, text: Utf8Bytes, generation: u64, recv_unix_ns: impl FnOnce() -> i128) -> Dispatch {
+        let symbol = wire::scan_field(text.as_bytes(), b"symbol_id").unwrap_or(b"");
         let w = route(symbol, self.lanes.len());
         let lane = &mut self.lanes[w];
         if lane.shedding {
@@ -161,6 +163,7 @@ impl<'a> Lanes<'a> {
                 );
             }
         }
+        let frame = Frame { text, recv_unix_ns: recv_unix_ns(), generation };
         let sent = match lane.tx.try_send(WorkerInput::Frame(frame)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(input)) => lane.tx.send_timeout(input, self.queue_wait),
@@ -223,12 +226,8 @@ mod tests {
         assert_eq!(spread.len(), 4, "100 symbols use all 4 workers");
     }
 
-    fn frame(symbol: &str) -> Frame {
-        Frame {
-            text: Utf8Bytes::from(format!(r#"{{"type":"quote","symbol_id":"{symbol}","sequence":1}}"#)),
-            recv_unix_ns: 0,
-            generation: 1,
-        }
+    fn frame(symbol: &str) -> Utf8Bytes {
+        Utf8Bytes::from(format!(r#"{{"type":"quote","symbol_id":"{symbol}","sequence":1}}"#))
     }
 
     /// Proves a full lane sheds with hysteresis (counted per symbol) and a dead worker is seen
@@ -239,16 +238,16 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(4);
         let mut lanes = Lanes::new(vec![tx], 4, Duration::ZERO, &metrics);
         for _ in 0..4 {
-            assert_eq!(lanes.dispatch(frame("A")), Dispatch::Delivered);
+            assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Delivered);
         }
-        assert_eq!(lanes.dispatch(frame("A")), Dispatch::Dropped);
+        assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Dropped);
         let _ = rx.try_recv();
-        assert_eq!(lanes.dispatch(frame("A")), Dispatch::Dropped, "3 queued > low water 2: still shedding");
+        assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Dropped, "3 queued > low water 2: still shedding");
         let _ = rx.try_recv();
-        assert_eq!(lanes.dispatch(frame("A")), Dispatch::Delivered, "drained to 2: delivering again");
+        assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Delivered, "drained to 2: delivering again");
         assert_eq!(metrics.top_drops(1), vec![("A".to_string(), 2)]);
         assert_eq!(metrics.queue_depths(), vec![3]);
         drop(rx);
-        assert_eq!(lanes.dispatch(frame("A")), Dispatch::Gone);
+        assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Gone);
     }
 }

@@ -129,6 +129,10 @@ fn run_ingest(args: &coinfeed::config::RunArgs) -> Exit {
             log::error!("exiting with code {}: the {thread} thread panicked ({message})", Exit::Failure as u8);
             Exit::Failure
         }
+        Outcome::StartFailed(msg) => {
+            log::error!("exiting with code {}: {msg}", Exit::Failure as u8);
+            Exit::Failure
+        }
         Outcome::ShutdownTimedOut => Exit::Failure,
     }
 }

@@ -4,10 +4,7 @@
 
 use clap::Parser;
 
-use crate::config::limits::{
-    QUEUE_CAPACITY_DEFAULT, QUEUE_WAIT_MS_DEFAULT, RECOVERY_MAX_ATTEMPTS_DEFAULT, RECOVERY_MAX_PENDING_DEFAULT,
-    RECOVERY_TRADES_LIMIT_DEFAULT,
-};
+use crate::config::limits::*;
 
 /// Raw arguments of the ingester, exactly as typed; `Config::from_args` checks them. The binary
 /// flattens these into its command line (beside the `sim` subcommand); tests and benches parse
@@ -48,7 +45,7 @@ pub struct RunArgs {
     pub queue_wait_ms: u64,
 
     /// Maximum REST recovery requests per second (CoinAPI rate limits and credits).
-    #[arg(long, value_name = "X", default_value_t = 2.0)]
+    #[arg(long, value_name = "X", default_value_t = RECOVERY_RPS_DEFAULT)]
     pub recovery_rps: f64,
 
     /// Most symbol/data-type pairs waiting for REST recovery at once; more gaps are counted and
@@ -61,7 +58,7 @@ pub struct RunArgs {
     pub recovery_max_attempts: u32,
 
     /// Seconds one REST request may take in all (connect, send, read).
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    #[arg(long, value_name = "SECS", default_value_t = RECOVERY_TIMEOUT_S_DEFAULT)]
     pub recovery_timeout: f64,
 
     /// Trades fetched per trade recovery (`limit` of /v1/trades/{symbol}/latest; 100 costs one credit).
@@ -73,24 +70,24 @@ pub struct RunArgs {
     pub recovery_budget: Option<u64>,
 
     /// Seconds allowed for DNS, TCP, TLS and the WebSocket upgrade together.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    #[arg(long, value_name = "SECS", default_value_t = CONNECT_TIMEOUT_S_DEFAULT)]
     pub connect_timeout: f64,
 
     /// Seconds without any message (data or heartbeat) after which the connection is declared
     /// dead and replaced.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    #[arg(long, value_name = "SECS", default_value_t = STALE_TIMEOUT_S_DEFAULT)]
     pub stale_timeout: f64,
 
     /// Longest wait between reconnection attempts, in seconds (exponential backoff with jitter).
-    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    #[arg(long, value_name = "SECS", default_value_t = BACKOFF_MAX_S_DEFAULT)]
     pub backoff_max: f64,
 
     /// Seconds between health lines on stderr; 0 turns them off.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    #[arg(long, value_name = "SECS", default_value_t = HEALTH_INTERVAL_S_DEFAULT)]
     pub health_interval: f64,
 
     /// Seconds a graceful stop may take (drain and flush) before coinfeed gives up and exits 1.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    #[arg(long, value_name = "SECS", default_value_t = SHUTDOWN_TIMEOUT_S_DEFAULT)]
     pub shutdown_timeout: f64,
 
     /// Log level on stderr: error, warn, info, debug or trace.

@@ -20,7 +20,7 @@ pub mod cli;
 pub mod limits;
 
 pub use cli::RunArgs;
-use limits::{Limits, MAX_MESSAGE_BYTES, MAX_SYMBOLS};
+use limits::{Limits, MAX_MESSAGE_BYTES, MAX_SYMBOLS, RECOVERY_RPS_MAX};
 
 /// Default symbols when `--sim` is given without `--symbols`: the simulator serves these.
 pub const SIM_DEFAULT_SYMBOLS: &str =
@@ -180,11 +180,11 @@ impl Config {
         let n_workers = limits::check("--workers", args.workers.unwrap_or(n_cores.max(1)) as u64)? as usize;
         let queue_capacity = limits::check("--queue-capacity", args.queue_capacity as u64)? as usize;
         let queue_wait = Duration::from_millis(limits::check("--queue-wait-ms", args.queue_wait_ms)?);
-        if !(args.recovery_rps.is_finite() && args.recovery_rps > 0.0 && args.recovery_rps <= 100.0) {
+        if !(args.recovery_rps.is_finite() && args.recovery_rps > 0.0 && args.recovery_rps <= RECOVERY_RPS_MAX) {
             return Err(err(
                 "--recovery-rps",
-                format!("must be a number above 0 and at most 100 (got {})", args.recovery_rps),
-                "CoinAPI rate-limits REST calls; the default is 2",
+                format!("must be a number above 0 and at most {RECOVERY_RPS_MAX} (got {})", args.recovery_rps),
+                format!("CoinAPI rate-limits REST calls; the default is {}", limits::RECOVERY_RPS_DEFAULT),
             ));
         }
         let max_pending = limits::check("--recovery-max-pending", args.recovery_max_pending as u64)? as usize;
@@ -198,16 +198,16 @@ impl Config {
             ));
         }
         let exact = symbols.iter().all(|s| matches!(s, SymbolFilter::Exact(_))).then_some(symbols.len());
-        let limits = Limits::derive(exact, trades_limit)?;
-        let recovery_timeout = limits::seconds("--recovery-timeout", args.recovery_timeout, 0.1, 300.0)?;
-        let connect_timeout = limits::seconds("--connect-timeout", args.connect_timeout, 0.1, 300.0)?;
-        let stale_timeout = limits::seconds("--stale-timeout", args.stale_timeout, 0.2, 3600.0)?;
-        let backoff_max = limits::seconds("--backoff-max", args.backoff_max, 0.1, 3600.0)?;
-        let shutdown_timeout = limits::seconds("--shutdown-timeout", args.shutdown_timeout, 0.1, 600.0)?;
+        let limits = Limits::derive(exact, n_workers, trades_limit)?;
+        let recovery_timeout = limits::seconds("--recovery-timeout", args.recovery_timeout)?;
+        let connect_timeout = limits::seconds("--connect-timeout", args.connect_timeout)?;
+        let stale_timeout = limits::seconds("--stale-timeout", args.stale_timeout)?;
+        let backoff_max = limits::seconds("--backoff-max", args.backoff_max)?;
+        let shutdown_timeout = limits::seconds("--shutdown-timeout", args.shutdown_timeout)?;
         let health_interval = if args.health_interval == 0.0 {
             None
         } else {
-            Some(limits::seconds("--health-interval", args.health_interval, 0.1, 86_400.0)?)
+            Some(limits::seconds("--health-interval", args.health_interval)?)
         };
         let log_level = args.log_level.parse::<log::LevelFilter>().map_err(|_| {
             err(

@@ -26,9 +26,9 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Connector, Message, Utf8Bytes, WebSocket};
 
 use crate::clock::unix_now_ns;
-use crate::config::limits::READ_TICK;
+use crate::config::limits::{CLOSE_WAIT, CONNECT_SLICE, CONTROL_WAIT, READ_TICK, WRITE_TIMEOUT};
 use crate::config::IngestConfig;
-use crate::lanes::{Dispatch, Frame, Lanes};
+use crate::lanes::{Dispatch, Lanes};
 use crate::metrics::Metrics;
 use crate::output::ndjson::{Batch, ConnectionEvent, ControlLine, TimestampFormatter};
 use crate::shutdown::Shutdown;
@@ -40,17 +40,8 @@ use backoff::{Backoff, BackoffPolicy};
 
 type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
-/// How long a graceful close may wait for the server's close reply.
-const CLOSE_WAIT: Duration = Duration::from_millis(200);
-/// How long a control line may wait for room in the writer's channel before it is counted lost.
-const CONTROL_WAIT: Duration = Duration::from_millis(100);
-/// Socket write timeout once connected (hello, pongs, close): a peer that stops reading cannot
-/// block the reader for longer.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames between two reads of the monotonic clock while data flows.
 const CLOCK_EVERY_FRAMES: u32 = 1024;
-/// Longest single TCP connect attempt: bounds how long a stop request can go unnoticed.
-const CONNECT_SLICE: Duration = Duration::from_millis(900);
 /// After a `reconnect` notice, the replacement connection is opened this long before the
 /// server's deadline (or at half the notice, if that is shorter).
 const MOVE_MARGIN: Duration = Duration::from_secs(1);
@@ -99,6 +90,8 @@ pub struct Reader<'a> {
     timestamps: TimestampFormatter,
     /// A DNS lookup that outlived its connect attempt (see `resolve`).
     dns_in_flight: Option<Receiver<std::io::Result<Vec<SocketAddr>>>>,
+    /// Data frames handed to `Lanes::dispatch`, for the test fault hook.
+    dispatched: u64,
 }
 
 impl std::fmt::Debug for Reader<'_> {
@@ -130,6 +123,7 @@ impl<'a> Reader<'a> {
             generation: 0,
             timestamps: TimestampFormatter::default(),
             dns_in_flight: None,
+            dispatched: 0,
         }
     }
 
@@ -437,9 +431,9 @@ impl<'a> Reader<'a> {
     /// False if the workers are gone.
     fn dispatch(&mut self, text: Utf8Bytes) -> bool {
         self.metrics.received.add(1);
-        crate::fault::maybe_panic("reader", self.metrics.received.get());
-        let frame = Frame { text, recv_unix_ns: unix_now_ns(), generation: self.generation };
-        self.lanes.dispatch(frame) != Dispatch::Gone
+        self.dispatched += 1;
+        crate::fault::maybe_panic("reader", self.dispatched);
+        self.lanes.dispatch(text, self.generation, unix_now_ns) != Dispatch::Gone
     }
 
     /// Sends a WebSocket close and drives the close handshake for at most `CLOSE_WAIT`; data

@@ -17,11 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::config::limits::DROP_SYMBOLS_MAX;
+
 pub mod proc;
 pub mod text;
-
-/// Distinct symbols tracked for per-symbol drop counts; more are summed under `(other)`.
-const DROP_SYMBOLS_MAX: usize = 1_000;
 
 /// A value that only goes up, or one that is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +96,30 @@ impl Value {
     }
 }
 
+/// A per-worker value on a cache line of its own: the reader writes one worker's gauge per
+/// frame while that worker writes its own when it goes idle.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Padded(Value);
+
+/// The labelled metrics, declared here as the registry's own are in `DEFS`: one value per label
+/// (a worker id, a symbol), rendered by each renderer in its own way (`queues=[...]` and
+/// `dropped_by_symbol=...` on stderr).
+pub const LABELLED: &[Def] = &[
+    Def {
+        name: "queue_depth",
+        help: " Messages waiting in a worker's input channel, by worker.",
+        kind: Kind::Gauge,
+        show: Show::Health,
+    },
+    Def {
+        name: "dropped_by_symbol",
+        help: " Data frames shed by the reader, by symbol (at most DROP_SYMBOLS_MAX symbols, the rest as (other)).",
+        kind: Kind::Counter,
+        show: Show::Summary,
+    },
+];
+
 /// Declares the registry: the `Metrics` struct (one `Value` per metric), its `Snapshot` (one
 /// `u64` per metric, same names), and `DEFS` (the table renderers walk), in one list.
 macro_rules! registry {
@@ -110,8 +133,8 @@ macro_rules! registry {
         #[derive(Debug)]
         pub struct Metrics {
             $( $(#[doc = $doc])+ pub $name: Value, )+
-            /// Per worker: messages waiting in its input channel.
-            queue_depths: Box<[Value]>,
+            /// Per worker (`LABELLED[0]`): messages waiting in its input channel.
+            queue_depths: Box<[Padded]>,
             drops_by_symbol: Mutex<HashMap<Box<str>, u64>>,
         }
 
@@ -132,7 +155,7 @@ macro_rules! registry {
             pub fn new(n_workers: usize) -> Metrics {
                 Metrics {
                     $( $name: Value::new(Kind::$kind), )+
-                    queue_depths: (0..n_workers).map(|_| Value::new(Kind::Gauge)).collect(),
+                    queue_depths: (0..n_workers).map(|_| Padded(Value::new(Kind::Gauge))).collect(),
                     drops_by_symbol: Mutex::new(HashMap::new()),
                 }
             }
@@ -230,14 +253,16 @@ impl Metrics {
     /// Worker `worker`'s channel holds `depth` messages.
     pub fn set_queue_depth(&self, worker: usize, depth: usize) {
         if let Some(gauge) = self.queue_depths.get(worker) {
-            gauge.set(depth as u64);
+            gauge.0.set(depth as u64);
         }
-        self.max_queue_depth.max(depth as u64);
+        if depth > 0 {
+            self.max_queue_depth.max(depth as u64);
+        }
     }
 
     /// Every worker's queue depth, by worker id.
     pub fn queue_depths(&self) -> Vec<u64> {
-        self.queue_depths.iter().map(Value::get).collect()
+        self.queue_depths.iter().map(|g| g.0.get()).collect()
     }
 
     /// Drop counts per symbol, largest first, at most `n`.
@@ -280,6 +305,10 @@ mod tests {
             assert!(d.help.trim().len() > 10, "{} needs a help text", d.name);
         }
         assert_eq!(Metrics::new(2).snapshot().values().len(), DEFS.len());
+        for d in LABELLED {
+            assert!(!DEFS.iter().any(|x| x.name == d.name), "{} is declared twice", d.name);
+            assert!(d.help.trim().len() > 10, "{} needs a help text", d.name);
+        }
     }
 
     #[test]

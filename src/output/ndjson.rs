@@ -11,8 +11,7 @@
 
 use crate::wire::{self, DataType};
 
-/// A producer hands its batch to the writer once it holds this many bytes.
-pub const BATCH_BYTES: usize = 32 * 1024;
+pub use crate::config::limits::BATCH_BYTES;
 
 /// Where an output record came from (the `source` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,7 +295,7 @@ impl ControlLine<'_> {
                 out.extend_from_slice(b",\"url\":");
                 push_json_string(out, url);
                 push_time(out, time);
-                if let Some(reason) = reason.filter(|r| !r.is_empty()) {
+                if let Some(reason) = reason {
                     out.extend_from_slice(b",\"reason\":");
                     push_json_string(out, reason);
                 }

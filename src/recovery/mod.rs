@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, SendTimeoutError, Sender};
 
 use crate::clock::{unix_now_ns, unix_seconds};
+use crate::config::limits::DELIVERY_WAIT;
 use crate::lanes::{route, RecoveryKey, RecoveryResult, WorkerInput};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -28,8 +29,6 @@ use rest::RestClient;
 
 /// Longest the thread sleeps without looking at the queue again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
-/// How long a result may wait for room in a worker's channel before it is counted lost.
-const DELIVERY_WAIT: Duration = Duration::from_secs(2);
 /// Keys listed by name when recovery ends with keys pending.
 const PENDING_LISTED_MAX: usize = 20;
 

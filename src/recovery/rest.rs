@@ -9,14 +9,12 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
+use crate::config::limits::REST_BODY_MAX_BYTES;
 use crate::config::{ApiKey, RecoveryConfig};
 use crate::lanes::RecoveryKey;
 use crate::recovery::queue::FetchOutcome;
 use crate::wire::DataType;
 
-/// Largest REST body accepted. A `latest` page of 100 trades is ~25 KiB; an order book with all
-/// levels can reach a few MiB.
-pub const BODY_LIMIT_BYTES: u64 = 8 << 20;
 /// Period requested when an `ohlcv` stream has a gap (the stream's own period is not part of
 /// CoinAPI's sequence key).
 pub const OHLCV_PERIOD: &str = "1MIN";
@@ -112,7 +110,7 @@ impl RestClient {
             .map(|v| Duration::from_secs_f64(v.min(86_400.0)));
         let status = response.status().as_u16();
         // Every body is read (within the limit) so the connection can return to the pool.
-        let body = response.body_mut().with_config().limit(BODY_LIMIT_BYTES).read_to_vec();
+        let body = response.body_mut().with_config().limit(REST_BODY_MAX_BYTES).read_to_vec();
         answer.outcome = match (status, body) {
             (200, Ok(body)) => match parse_records(&body) {
                 Ok(mut records) => {

@@ -4,7 +4,7 @@
 //!
 //! Why not serde_json: validation is the biggest per-message cost a worker has, and through a
 //! derived struct a trade took 347 ns against 264 ns here (quote 377 against 271; best of
-//! 7 × 500,000 on the project's VM). serde_json stays the reference: a test in `protocol.rs`
+//! 7 × 500,000 on the project's VM). serde_json stays the reference: a test in `wire/mod.rs`
 //! feeds both the same frames and 300,000 mutations of them and requires the same verdict and
 //! the same fields.
 
@@ -14,7 +14,7 @@ use std::borrow::Cow;
 /// an order book: an object holding arrays of objects.
 const MAX_DEPTH: usize = 128;
 
-/// The fields `protocol::decode` needs, borrowed where the frame has no escapes.
+/// The fields `wire::decode` needs, borrowed where the frame has no escapes.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Head<'a> {
     pub kind: Cow<'a, str>,

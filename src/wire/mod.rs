@@ -145,7 +145,7 @@ fn leading_field<'a>(frame: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     None
 }
 
-pub(crate) fn skip_ws(s: &[u8]) -> &[u8] {
+fn skip_ws(s: &[u8]) -> &[u8] {
     let n = s.iter().take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')).count();
     &s[n..]
 }

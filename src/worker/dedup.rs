@@ -5,16 +5,11 @@
 //!
 //! Pure: no IO, no clock.
 
-use std::borrow::{Borrow, Cow};
 use std::collections::VecDeque;
-use std::hash::Hash;
 
 use rustc_hash::FxHashSet;
 
-/// Longest non-canonical trade id remembered. Longer ids are treated as new (and counted as
-/// untracked): writing a rare duplicate is better than storing unbounded strings or truncating
-/// ids into false matches that would drop real trades.
-pub const MAX_TRADE_ID_LEN: usize = 128;
+use crate::config::limits::MAX_TRADE_ID_LEN;
 
 /// What a trade id means for its symbol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,83 +48,55 @@ fn parse_uuid(s: &str) -> Option<u128> {
     Some(value)
 }
 
-/// Keys in arrival order with a set for lookups; the oldest goes when full.
-#[derive(Debug)]
-struct Fifo<K> {
-    order: VecDeque<K>,
-    set: FxHashSet<K>,
+/// A non-canonical trade id as a 128-bit key: FNV-1a (128-bit) of its lower-case bytes, so one
+/// FIFO of plain `u128`s holds every id at a fixed 16 bytes (no allocation per id, one bound).
+/// Two distinct ids in a memory of 1,000 share a key with a probability of about 2^-109: far
+/// below any other way to lose a trade.
+fn hash_id(id: &str) -> u128 {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    id.bytes().fold(OFFSET, |h, b| (h ^ u128::from(b.to_ascii_lowercase())).wrapping_mul(PRIME))
 }
 
-impl<K> Default for Fifo<K> {
-    fn default() -> Self {
-        Fifo { order: VecDeque::new(), set: FxHashSet::default() }
-    }
+/// One symbol's recent trade ids in arrival order, with a set for lookups; the oldest goes when
+/// the memory is full. Canonical uuids are kept as their value, other ids as `hash_id`.
+#[derive(Debug, Default)]
+pub struct RecentIds {
+    order: VecDeque<u128>,
+    set: FxHashSet<u128>,
 }
 
-impl<K: Hash + Eq + Clone> Fifo<K> {
-    fn contains<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> bool
-    where
-        K: Borrow<Q>,
-    {
-        self.set.contains(key)
-    }
-
-    /// Adds a key known to be absent, evicting the oldest at `capacity`. Once a memory is full,
-    /// pushing reuses the space of the evicted key: no allocation in the steady state.
-    fn push(&mut self, key: K, capacity: usize) {
+impl RecentIds {
+    /// Classifies `id` and remembers it if new; `capacity` is the memory's depth.
+    pub fn insert(&mut self, id: &str, capacity: usize) -> TradeId {
+        let key = match parse_uuid(id) {
+            Some(value) => value,
+            // An empty id identifies nothing: remembering it would drop every later id-less trade.
+            None if id.is_empty() || id.len() > MAX_TRADE_ID_LEN => return TradeId::Unremembered,
+            None => hash_id(id),
+        };
+        if self.set.contains(&key) {
+            return TradeId::Seen;
+        }
+        // Once the memory is full, pushing reuses the space of the evicted id: no allocation in
+        // the steady state.
         if self.order.len() >= capacity {
             if let Some(oldest) = self.order.pop_front() {
                 self.set.remove(&oldest);
             }
         }
-        self.order.push_back(key.clone());
+        self.order.push_back(key);
         self.set.insert(key);
-    }
-}
-
-/// One symbol's recent trade ids. Canonical uuids and other ids are kept apart so the common
-/// case stores a bare `u128` (16 bytes) rather than an enum padded to 32; each kind has its own
-/// FIFO of `uuids_per_symbol` (a symbol's ids are all of one form in practice).
-#[derive(Debug, Default)]
-pub struct RecentIds {
-    uuids: Fifo<u128>,
-    others: Fifo<Box<str>>,
-}
-
-impl RecentIds {
-    /// Classifies `id` and remembers it if new; `capacity` is the FIFO depth of each kind.
-    pub fn insert(&mut self, id: &str, capacity: usize) -> TradeId {
-        match parse_uuid(id) {
-            Some(value) => {
-                if self.uuids.contains(&value) {
-                    return TradeId::Seen;
-                }
-                self.uuids.push(value, capacity);
-            }
-            // An empty id identifies nothing: remembering it would drop every later id-less trade.
-            None if id.is_empty() || id.len() > MAX_TRADE_ID_LEN => return TradeId::Unremembered,
-            None => {
-                let key: Cow<'_, str> = if id.bytes().any(|c| c.is_ascii_uppercase()) {
-                    Cow::Owned(id.to_ascii_lowercase())
-                } else {
-                    Cow::Borrowed(id)
-                };
-                if self.others.contains(key.as_ref()) {
-                    return TradeId::Seen;
-                }
-                self.others.push(key.into_owned().into_boxed_str(), capacity);
-            }
-        }
         TradeId::New
     }
 
     /// Ids remembered.
     pub fn len(&self) -> usize {
-        self.uuids.order.len() + self.others.order.len()
+        self.order.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.order.is_empty()
     }
 }
 
@@ -181,6 +148,7 @@ mod tests {
             assert_eq!(ids.insert(id, 16), *want, "case {i}: {id}");
         }
         assert_eq!(ids.len(), 3);
+        assert_ne!(hash_id("trade-42"), hash_id("trade-43"));
     }
 
     #[test]

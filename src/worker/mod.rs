@@ -19,9 +19,10 @@
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
+use crate::config::limits::BATCH_BYTES;
 use crate::lanes::{Frame, RecoveryKey, RecoveryResult, WorkerInput};
 use crate::metrics::Metrics;
-use crate::output::ndjson::{Batch, ControlLine, GapCause, RecoveryStatus, TimestampFormatter, BATCH_BYTES};
+use crate::output::ndjson::{Batch, ControlLine, GapCause, RecoveryStatus, TimestampFormatter};
 use crate::recovery::handle::RecoveryHandle;
 use crate::wire::{self, DataType, Reject};
 
@@ -58,6 +59,8 @@ pub struct Worker<'a> {
     last_silence_check_ns: i128,
     /// Inputs handled, for the test fault hook.
     handled: u64,
+    /// The queue depth last published to this worker's gauge.
+    published_depth: usize,
 }
 
 impl<'a> Worker<'a> {
@@ -75,6 +78,7 @@ impl<'a> Worker<'a> {
             silent: 0,
             last_silence_check_ns: 0,
             handled: 0,
+            published_depth: 0,
         }
     }
 
@@ -90,7 +94,7 @@ impl<'a> Worker<'a> {
             let input = match rx.try_recv() {
                 Ok(input) => input,
                 Err(TryRecvError::Empty) => {
-                    self.metrics.set_queue_depth(self.id, 0);
+                    self.publish_depth(0);
                     if !self.flush(&out) {
                         return;
                     }
@@ -106,13 +110,21 @@ impl<'a> Worker<'a> {
             };
             self.handle(input);
             if self.batch.len() >= BATCH_BYTES {
-                self.metrics.set_queue_depth(self.id, rx.len());
+                self.publish_depth(rx.len());
                 if !self.flush(&out) {
                     return;
                 }
             }
         }
         self.flush(&out);
+    }
+
+    /// Sets this worker's queue-depth gauge, only when it changed (the reader writes it too).
+    fn publish_depth(&mut self, depth: usize) {
+        if depth != self.published_depth {
+            self.published_depth = depth;
+            self.metrics.set_queue_depth(self.id, depth);
+        }
     }
 
     pub fn handle(&mut self, input: WorkerInput) {
@@ -163,6 +175,9 @@ impl<'a> Worker<'a> {
                 };
                 (outcome, id)
             });
+            if now - self.last_silence_check_ns >= SILENCE_CHECK.as_nanos() as i128 {
+                self.count_silent(now);
+            }
             let Some((outcome, id)) = visit else {
                 self.metrics.symbols_untracked.add(1);
                 self.push_market(bytes, now);
@@ -177,9 +192,6 @@ impl<'a> Worker<'a> {
                 SeqOutcome::Duplicate { .. } => self.metrics.sequence_repeats.add(1),
                 SeqOutcome::Regression { .. } => self.metrics.sequence_regressions.add(1),
                 SeqOutcome::First | SeqOutcome::InOrder | SeqOutcome::Stale | SeqOutcome::Untracked => {}
-            }
-            if now - self.last_silence_check_ns >= SILENCE_CHECK.as_nanos() as i128 {
-                self.count_silent(now);
             }
             if id == TradeId::Seen {
                 self.metrics.duplicate_trades.add(1);
@@ -232,11 +244,13 @@ impl<'a> Worker<'a> {
                     if key.data_type == DataType::Trade {
                         let uuid = wire::scan_field(text, b"uuid").and_then(|u| std::str::from_utf8(u).ok());
                         if let Some(uuid) = uuid {
-                            let id =
-                                self.symbols.with_symbol(&key.symbol_id, recv_unix_ns, |s| s.trade(uuid, capacity));
-                            if id == Some(TradeId::Seen) {
-                                duplicates += 1;
-                                continue;
+                            match self.symbols.with_symbol(&key.symbol_id, recv_unix_ns, |s| s.trade(uuid, capacity)) {
+                                Some(TradeId::Seen) => {
+                                    duplicates += 1;
+                                    continue;
+                                }
+                                Some(TradeId::New | TradeId::Unremembered) => {}
+                                None => self.metrics.symbols_untracked.add(1),
                             }
                         }
                     }
@@ -372,7 +386,6 @@ mod tests {
                 .contains(r#""status":"failed","attempts":5,"error":"HTTP 503","time":"2017-03-18T22:42:23.0000000Z""#),
             "{first}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(2));
         assert_eq!(run(), first);
     }
 

@@ -9,6 +9,10 @@
 //! "reconnect" gaps, because whatever happened between the two connections was lost. Trade ids
 //! survive a reconnect: recovered REST records overlap what the old connection delivered.
 //!
+//! Entries are never evicted. With exact symbols the bound is the list itself; with a prefix
+//! filter whose symbols churn past the bound, a new symbol's messages are still written but not
+//! tracked for gaps, duplicates or silence (counted as `symbols_untracked`).
+//!
 //! Pure: no IO, no clock; the caller passes generations and times in.
 
 use std::collections::HashSet;
@@ -63,13 +67,12 @@ pub struct SymbolTable {
     /// newer generation is first seen through a frame, so a reconnect gap is never lost to the
     /// order in which the worker hears about the new connection.
     reconnected: Vec<(DataType, String)>,
-    untracked: u64,
 }
 
 impl SymbolTable {
     pub fn new(limits: TableLimits) -> SymbolTable {
         assert!(limits.symbols_max > 0 && limits.trade_ids_per_symbol > 0, "a state table needs room");
-        SymbolTable { limits, symbols: FxHashMap::default(), generation: 0, reconnected: Vec::new(), untracked: 0 }
+        SymbolTable { limits, symbols: FxHashMap::default(), generation: 0, reconnected: Vec::new() }
     }
 
     pub fn limits(&self) -> &TableLimits {
@@ -77,7 +80,7 @@ impl SymbolTable {
     }
 
     /// Runs `f` on the symbol's entry, created if there is room: one hash lookup for a known
-    /// symbol. `None` (counted) past the bound. A closure rather than a returned reference,
+    /// symbol. `None` past the bound (the caller counts it). A closure rather than a reference,
     /// because the borrow checker cannot yet see that a miss leaves the map free to insert into.
     pub fn with_symbol<R>(
         &mut self,
@@ -89,7 +92,6 @@ impl SymbolTable {
             return Some(f(state));
         }
         if self.symbols.len() >= self.limits.symbols_max {
-            self.untracked = self.untracked.saturating_add(1);
             return None;
         }
         let mut state =
@@ -158,11 +160,6 @@ impl SymbolTable {
 
     pub fn is_empty(&self) -> bool {
         self.symbols.is_empty()
-    }
-
-    /// Lookups refused because the bound was reached.
-    pub fn untracked(&self) -> u64 {
-        self.untracked
     }
 
     /// One sequenced message, in one call: generation, lookup and step (tests and benches).
@@ -255,7 +252,7 @@ mod tests {
         assert_eq!(t.observe(1, Trade, "C", 1), SeqOutcome::Untracked);
         assert_eq!(t.observe(1, Quote, "A", 1), SeqOutcome::First);
         assert_eq!(t.observe(1, Trade, "A", 2), SeqOutcome::InOrder);
-        assert_eq!((t.len(), t.untracked()), (2, 1));
+        assert_eq!(t.len(), 2);
         assert_eq!(t.start_generation(2).len(), 3);
         assert_eq!(t.observe(2, Trade, "C", 1), SeqOutcome::Untracked);
     }

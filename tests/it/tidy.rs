@@ -48,14 +48,20 @@ fn non_test(text: &str) -> &str {
     text.find("#[cfg(test)]").map_or(text, |i| &text[..i])
 }
 
-/// Lines of `text` containing `needle`, outside `//` comments, as "line: text".
+/// A line without its comment: cut at `// ` (this codebase's comments all have the space, so a
+/// `ws://` inside a string stays), or blank for a line that is a comment.
+fn code(line: &str) -> &str {
+    if line.trim_start().starts_with("//") {
+        return "";
+    }
+    line.split("// ").next().unwrap_or("")
+}
+
+/// Lines of `text` containing `needle`, outside comments, as "line: text".
 fn hits(text: &str, needle: &str) -> Vec<String> {
     text.lines()
         .enumerate()
-        .filter(|(_, l)| {
-            let code = l.split("//").next().unwrap_or("");
-            code.contains(needle)
-        })
+        .filter(|(_, l)| code(l).contains(needle))
         .map(|(i, l)| format!("{}: {}", i + 1, l.trim()))
         .collect()
 }
@@ -184,39 +190,47 @@ fn allowed(room: &str) -> &'static [&'static str] {
     match room {
         "clock" | "shutdown" | "fault" | "lib" => &[],
         "wire" => &["wire"],
-        "metrics" => &["metrics"],
+        "metrics" => &["metrics", "config"],
         "config" => &["config", "wire"],
         "lanes" => &["lanes", "metrics", "wire"],
-        "output" => &["output", "wire", "metrics", "shutdown", "fault"],
-        "ingest" => &["ingest", "clock", "config", "lanes", "metrics", "output", "shutdown", "wire", "fault"],
-        "worker" => &["worker", "clock", "lanes", "metrics", "output", "wire", "fault", "recovery::handle"],
+        "output" => &["output", "config", "wire", "metrics", "shutdown", "fault"],
+        "ingest" => &["ingest", "clock", "config", "lanes", "metrics", "output::ndjson", "shutdown", "wire", "fault"],
+        "worker" => {
+            &["worker", "clock", "config", "lanes", "metrics", "output::ndjson", "wire", "fault", "recovery::handle"]
+        }
         "recovery" => &["recovery", "clock", "config", "lanes", "metrics", "shutdown", "wire", "fault"],
         "app" => &["config", "ingest", "lanes", "metrics", "output", "recovery", "shutdown", "worker"],
         other => panic!("no import rule for room {other:?}: add it to tidy.rs and ARCHITECTURE.md"),
     }
 }
 
-/// Every `crate::a::b` path in `text` (outside comments), as "a::b" (two segments at most).
+/// Every `crate::a::b` path in `text` (outside comments), as "a::b" (two segments at most), with
+/// its line. A `use crate::{a::x, b}` group, on one line or wrapped over several, gives each
+/// member (`a::x`, `b`).
 fn crate_paths(text: &str) -> Vec<(usize, String)> {
+    let lines: Vec<&str> = text.lines().map(code).collect();
+    let joined = lines.join("\n");
+    let line_of = |at: usize| joined[..at].matches('\n').count() + 1;
+    let two =
+        |path: &str| path.split("::").map(str::trim).filter(|s| !s.is_empty()).take(2).collect::<Vec<_>>().join("::");
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let code = line.split("//").next().unwrap_or("");
-        let mut rest = code;
-        while let Some(at) = rest.find("crate::") {
-            rest = &rest[at + "crate::".len()..];
-            let path: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':').collect();
-            let two: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).take(2).collect();
-            out.push((i + 1, two.join("::")));
-        }
-        // `use crate::{a, b}` groups.
-        if let Some(at) = code.find("crate::{") {
-            for name in code[at + "crate::{".len()..].split([',', '}']) {
-                let name = name.trim().split("::").next().unwrap_or("").trim();
-                if !name.is_empty() {
-                    out.push((i + 1, name.to_string()));
+    let mut from = 0;
+    while let Some(pos) = joined[from..].find("crate::") {
+        let at = from + pos;
+        let rest = &joined[at + "crate::".len()..];
+        from = at + "crate::".len();
+        if let Some(group) = rest.strip_prefix('{') {
+            let body = &group[..group.find('}').unwrap_or(group.len())];
+            for member in body.split(',') {
+                let member = member.trim();
+                if !member.is_empty() {
+                    out.push((line_of(at), two(member)));
                 }
             }
+            continue;
         }
+        let path: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':').collect();
+        out.push((line_of(at), two(&path)));
     }
     out
 }

@@ -187,7 +187,7 @@ fn newest_modification(dir: &Path, depth: usize) -> Option<SystemTime> {
     newest
 }
 
-/// `cargo xtask soak ...` (through `./run.sh soak`): one run, its report, and its verdict as the
+/// `cargo run -p xtask -- soak ...` (through `./run.sh soak`): one run, its report, and its verdict as the
 /// exit code.
 pub fn main(args: Args) -> ExitCode {
     let plan = match Plan::from_args(args) {
