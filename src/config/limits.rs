@@ -125,6 +125,20 @@ pub const CONNECT_SLICE: Duration = Duration::from_millis(900);
 /// Socket write timeout once connected (hello, pongs, close): a peer that stops reading cannot
 /// block the reader for longer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The WebSocket read buffer, allocated up front (tungstenite's default, stated).
+pub const WS_READ_BUFFER_BYTES: usize = 128 * 1024;
+/// Most bytes queued to write on the WebSocket (hello, pongs, close): far above what we send.
+pub const WS_WRITE_BUFFER_MAX_BYTES: usize = 1 << 20;
+/// A `reconnect` notice without a usable `within_seconds` means CoinAPI's default of 10 s; a
+/// longer one than an hour means nothing useful and is capped.
+pub const RECONNECT_NOTICE_DEFAULT: Duration = Duration::from_secs(10);
+pub const RECONNECT_NOTICE_MAX: Duration = Duration::from_secs(3600);
+/// Wait after a 429 on the upgrade that said nothing about how long; a longer `Retry-After`
+/// than this is capped.
+pub const UPGRADE_429_WAIT_DEFAULT: Duration = Duration::from_secs(10);
+pub const UPGRADE_RETRY_AFTER_MAX: Duration = Duration::from_secs(600);
+/// The TCP connect of one REST request, within its `--recovery-timeout`.
+pub const REST_CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(5);
 /// How long a graceful close may wait for the server's close reply.
 pub const CLOSE_WAIT: Duration = Duration::from_millis(200);
 /// How long a connection line may wait for room in the writer's channel before it is counted lost.
@@ -150,9 +164,10 @@ pub const MAX_TRADE_ID_LEN: usize = 128;
 /// Trade ids remembered per symbol at least: more than one default REST page (100) plus the
 /// stream's recent duplicates (at 100 trades/s, ~2.5 s of exchange repeats).
 pub const TRADE_IDS_PER_SYMBOL_MIN: usize = 256;
-/// Memory one remembered trade id can cost: 16 bytes in the FIFO plus its hash-set bucket (16
-/// bytes and a control byte, at a load of 7/16 just past a power of two), rounded up.
-pub const TRADE_ID_BYTES: usize = 56;
+/// Memory one remembered trade id can cost at most: 16 bytes in the FIFO (sized exactly) plus the
+/// hash set sized for twice the ids (so evictions never grow it), whose buckets (16 bytes and a
+/// control byte each) round up to a power of two: at most 16 + 2 × 2 × 8/7 × 17 ≈ 94 bytes.
+pub const TRADE_ID_BYTES: usize = 96;
 /// Ceiling on the worst-case trade-id memory of the whole process (every tracked symbol's memory
 /// full). Memory is taken only as trades arrive; this bounds the worst case.
 pub const TRADE_ID_MEMORY_MAX_BYTES: usize = 1 << 30;
@@ -196,7 +211,8 @@ pub struct Limits {
     /// Entries per worker's symbol table: the exact symbols subscribed to (a worker could own
     /// all of them), or with a prefix filter (the set unknown) twice a worker's share of
     /// `MAX_SYMBOLS` (hash routing spreads symbols evenly; twice the share leaves room for any
-    /// real imbalance), so all workers together track at most `2 × MAX_SYMBOLS`.
+    /// real imbalance), capped at `MAX_SYMBOLS`: with a prefix filter all workers together track
+    /// 10,000 symbols with one worker and about 20,000 with more.
     pub symbols_per_worker: usize,
     /// Symbols all workers together can track.
     pub symbols_total: usize,
@@ -213,14 +229,13 @@ impl Limits {
         recovery_trades_limit: u32,
     ) -> Result<Limits, ConfigError> {
         let n_workers = n_workers.max(1);
-        let (symbols_per_worker, symbols_total) = match exact_symbols {
-            // A symbol belongs to one worker: together the tables hold at most the list.
-            Some(n) => (n.clamp(1, MAX_SYMBOLS), n.clamp(1, MAX_SYMBOLS)),
-            None => {
-                let per_worker = (2 * MAX_SYMBOLS).div_ceil(n_workers).min(MAX_SYMBOLS);
-                (per_worker, per_worker * n_workers)
-            }
+        let symbols_per_worker = match exact_symbols {
+            Some(n) => n.clamp(1, MAX_SYMBOLS),
+            None => (2 * MAX_SYMBOLS).div_ceil(n_workers).min(MAX_SYMBOLS),
         };
+        // Each table fills on its own (a server could send symbols nobody subscribed to), so
+        // the worst case counts every table full.
+        let symbols_total = symbols_per_worker * n_workers;
         let page = recovery_trades_limit as usize;
         let limits =
             Limits { symbols_per_worker, symbols_total, trade_ids_per_symbol: page.max(TRADE_IDS_PER_SYMBOL_MIN) };
@@ -265,7 +280,9 @@ mod tests {
                         Ok(l) => {
                             assert!(l.trade_ids_per_symbol >= page as usize, "{page} {exact:?}");
                             assert!(l.trade_id_memory_bytes() <= TRADE_ID_MEMORY_MAX_BYTES);
-                            assert!(l.symbols_total <= 2 * MAX_SYMBOLS + n_workers);
+                            if exact.is_none() {
+                                assert!(l.symbols_total <= 2 * MAX_SYMBOLS + n_workers);
+                            }
                         }
                         Err(e) => {
                             assert_eq!(e.flag, "--recovery-trades-limit");
@@ -282,6 +299,7 @@ mod tests {
             "a prefix filter with 100,000-trade pages could hold 100+ GB"
         );
         assert!(Limits::derive(Some(5), 2, 100_000).is_ok());
+        assert_eq!(Limits::derive(Some(7), 3, 100).map(|l| l.symbols_total), Ok(21), "every table full");
         // The default worst case with a prefix filter: 20,000 symbols × 256 ids, whatever the
         // worker count.
         for n in [1, 2, 3, 16] {

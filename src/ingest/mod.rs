@@ -26,7 +26,10 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Connector, Message, Utf8Bytes, WebSocket};
 
 use crate::clock::unix_now_ns;
-use crate::config::limits::{CLOSE_WAIT, CONNECT_SLICE, CONTROL_WAIT, READ_TICK, WRITE_TIMEOUT};
+use crate::config::limits::{
+    CLOSE_WAIT, CONNECT_SLICE, CONTROL_WAIT, READ_TICK, RECONNECT_NOTICE_DEFAULT, RECONNECT_NOTICE_MAX,
+    UPGRADE_429_WAIT_DEFAULT, UPGRADE_RETRY_AFTER_MAX, WRITE_TIMEOUT, WS_READ_BUFFER_BYTES, WS_WRITE_BUFFER_MAX_BYTES,
+};
 use crate::config::IngestConfig;
 use crate::lanes::{Dispatch, Lanes};
 use crate::metrics::Metrics;
@@ -478,8 +481,8 @@ fn reconnect_within(frame: &[u8]) -> Duration {
         .ok()
         .and_then(|v| v.get("within_seconds").and_then(serde_json::Value::as_f64))
         .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
-        .unwrap_or(Duration::from_secs(10))
+        .map(|s| Duration::from_secs_f64(s.min(RECONNECT_NOTICE_MAX.as_secs_f64())))
+        .unwrap_or(RECONNECT_NOTICE_DEFAULT)
 }
 
 fn is_tick(e: &std::io::Error) -> bool {
@@ -504,9 +507,9 @@ pub fn hello_message(config: &IngestConfig) -> String {
 /// Explicit WebSocket limits: CoinAPI messages are small, so a few MiB, not the 64 MiB default.
 pub fn ws_config(config: &IngestConfig) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(128 * 1024)
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .write_buffer_size(0)
-        .max_write_buffer_size(1 << 20)
+        .max_write_buffer_size(WS_WRITE_BUFFER_MAX_BYTES)
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes))
 }
@@ -535,7 +538,7 @@ fn classify_handshake_error(e: tungstenite::Error, timeout: Duration) -> Connect
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<f64>().ok())
                     .filter(|v| v.is_finite() && *v >= 0.0)
-                    .map(|v| Duration::from_secs_f64((v * scale).min(600.0)))
+                    .map(|v| Duration::from_secs_f64((v * scale).min(UPGRADE_RETRY_AFTER_MAX.as_secs_f64())))
             };
             let wait =
                 header_ms("X-WsRequestsPerIpLimit-RetryAfterMs", 0.001).or_else(|| header_ms("Retry-After", 1.0));
@@ -545,7 +548,7 @@ fn classify_handshake_error(e: tungstenite::Error, timeout: Duration) -> Connect
                 }
                 (_, Some(wait)) => ConnectError::RetryAfter(wait, format!("upgrade refused with HTTP {status}")),
                 (429, None) => {
-                    ConnectError::RetryAfter(Duration::from_secs(10), "upgrade refused with HTTP 429".into())
+                    ConnectError::RetryAfter(UPGRADE_429_WAIT_DEFAULT, "upgrade refused with HTTP 429".into())
                 }
                 _ => ConnectError::Retry(format!("upgrade refused with HTTP {status}")),
             }

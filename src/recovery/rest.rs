@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
-use crate::config::limits::REST_BODY_MAX_BYTES;
+use crate::config::limits::{REST_BODY_MAX_BYTES, REST_CONNECT_TIMEOUT_MAX};
 use crate::config::{ApiKey, RecoveryConfig};
 use crate::lanes::RecoveryKey;
 use crate::recovery::queue::FetchOutcome;
@@ -43,7 +43,7 @@ impl RestClient {
         let timeout = config.timeout;
         let mut builder = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
-            .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
+            .timeout_connect(Some(timeout.min(REST_CONNECT_TIMEOUT_MAX)))
             .timeout_per_read(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)

@@ -60,6 +60,11 @@ fn hash_id(id: &str) -> u128 {
 
 /// One symbol's recent trade ids in arrival order, with a set for lookups; the oldest goes when
 /// the memory is full. Canonical uuids are kept as their value, other ids as `hash_id`.
+///
+/// Both parts are sized once, at the first id, so the memory never grows past its bound: the
+/// FIFO exactly to `capacity`, the set to twice it, so that however many evictions leave
+/// tombstones the table is rehashed in place (it holds at most half its capacity) rather than
+/// grown. That fixes the cost of an id at `TRADE_ID_BYTES` at most (a test holds it).
 #[derive(Debug, Default)]
 pub struct RecentIds {
     order: VecDeque<u128>,
@@ -77,6 +82,10 @@ impl RecentIds {
         };
         if self.set.contains(&key) {
             return TradeId::Seen;
+        }
+        if self.order.capacity() == 0 {
+            self.order = VecDeque::with_capacity(capacity);
+            self.set = FxHashSet::with_capacity_and_hasher(2 * capacity, Default::default());
         }
         // Once the memory is full, pushing reuses the space of the evicted id: no allocation in
         // the steady state.
@@ -151,6 +160,25 @@ mod tests {
         assert_ne!(hash_id("trade-42"), hash_id("trade-43"));
     }
 
+    /// Proves `TRADE_ID_BYTES` bounds what an id costs at every depth a page size can ask for,
+    /// after heavy churn (the worst case for tombstones).
+    #[test]
+    fn an_id_never_costs_more_than_trade_id_bytes() {
+        use crate::config::limits::TRADE_ID_BYTES;
+        for capacity in [256usize, 257, 511, 958, 1000, 1025, 4097, 20_000] {
+            let mut ids = RecentIds::default();
+            for i in 0..(capacity as u128 * 20) {
+                ids.insert(&format!("{:08x}-0000-4000-8000-{:012x}", i >> 48, i & 0xffff_ffff_ffff), capacity);
+            }
+            assert_eq!(ids.len(), capacity);
+            // hashbrown: a bucket per slot (16 bytes) plus a control byte; capacity is 7/8 of
+            // the buckets.
+            let buckets = (ids.set.capacity() * 8 / 7).next_power_of_two();
+            let bytes = ids.order.capacity() * 16 + buckets * 17;
+            assert!(bytes <= capacity * TRADE_ID_BYTES, "{capacity}: {bytes} bytes = {} per id", bytes / capacity);
+        }
+    }
+
     #[test]
     fn dedup_forgets_the_oldest_first_within_its_bound() {
         // Proves the memory keeps exactly the last N ids, evicting in arrival order.
@@ -169,6 +197,12 @@ mod tests {
         for i in 0..3 {
             assert_eq!(ids.insert(&id(i), n as usize), TradeId::New, "uuid {i} was evicted");
         }
+        // Churn: the memory's allocations never grow, whatever the evictions.
+        let (order_cap, set_cap) = (ids.order.capacity(), ids.set.capacity());
+        for i in 0..50_000u128 {
+            ids.insert(&id(i + 1_000), n as usize);
+        }
+        assert_eq!((ids.order.capacity(), ids.set.capacity()), (order_cap, set_cap));
         let mut others = RecentIds::default();
         for (id, want) in [
             ("x1", TradeId::New),

@@ -59,8 +59,6 @@ pub struct Worker<'a> {
     last_silence_check_ns: i128,
     /// Inputs handled, for the test fault hook.
     handled: u64,
-    /// The queue depth last published to this worker's gauge.
-    published_depth: usize,
 }
 
 impl<'a> Worker<'a> {
@@ -78,7 +76,6 @@ impl<'a> Worker<'a> {
             silent: 0,
             last_silence_check_ns: 0,
             handled: 0,
-            published_depth: 0,
         }
     }
 
@@ -94,7 +91,7 @@ impl<'a> Worker<'a> {
             let input = match rx.try_recv() {
                 Ok(input) => input,
                 Err(TryRecvError::Empty) => {
-                    self.publish_depth(0);
+                    self.metrics.set_queue_depth(self.id, 0);
                     if !self.flush(&out) {
                         return;
                     }
@@ -110,21 +107,13 @@ impl<'a> Worker<'a> {
             };
             self.handle(input);
             if self.batch.len() >= BATCH_BYTES {
-                self.publish_depth(rx.len());
+                self.metrics.set_queue_depth(self.id, rx.len());
                 if !self.flush(&out) {
                     return;
                 }
             }
         }
         self.flush(&out);
-    }
-
-    /// Sets this worker's queue-depth gauge, only when it changed (the reader writes it too).
-    fn publish_depth(&mut self, depth: usize) {
-        if depth != self.published_depth {
-            self.published_depth = depth;
-            self.metrics.set_queue_depth(self.id, depth);
-        }
     }
 
     pub fn handle(&mut self, input: WorkerInput) {

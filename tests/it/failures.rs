@@ -6,6 +6,9 @@
 //! thread panics once it has handled `n` items: frames dispatched for the reader, frames
 //! handled for a worker, batches written for the writer, REST fetches for recovery).
 
+// In a release build the panic tests (and what only they use) are compiled out with the hook.
+#![cfg_attr(not(debug_assertions), allow(dead_code, unused_imports))]
+
 use std::collections::HashMap;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -72,6 +75,7 @@ fn assert_whole_json_lines(feed: &Feed) {
 /// to end by itself within `EXIT_DEADLINE`: exit 1, the panicking thread named in a log line,
 /// no `fix COINAPI_KEY`, whole JSON lines on stdout. If the process is still up at the
 /// deadline, the test sends SIGINT to report what the process does then, and fails.
+#[cfg(debug_assertions)]
 fn a_panic_stops_the_run(thread: &str, after: u64, health_interval: &str) {
     let names = two_symbols();
     let sim = Sim::start(SimConfig { symbols: names.clone(), rate_per_sec: 500, ..SimConfig::default() }).expect("sim");
@@ -150,6 +154,7 @@ fn a_panic_stops_the_run(thread: &str, after: u64, health_interval: &str) {
 /// 1 (before the fix it skipped `shutdown.request()`, the recovery thread kept every worker
 /// channel open, the process idled with no connection until a signal, then exited 3).
 #[test]
+#[cfg(debug_assertions)] // the fault hook exists only in debug builds
 fn a_reader_panic_ends_the_run_with_exit_1() {
     a_panic_stops_the_run("reader", 200, "1");
 }
@@ -158,6 +163,7 @@ fn a_reader_panic_ends_the_run_with_exit_1() {
 /// 1 (before the fix the supervisor returned and the main thread waited at the recovery
 /// thread's join until a signal).
 #[test]
+#[cfg(debug_assertions)] // the fault hook exists only in debug builds
 fn a_writer_panic_ends_the_run_with_exit_1() {
     a_panic_stops_the_run("writer", 20, "1");
 }
@@ -167,6 +173,7 @@ fn a_writer_panic_ends_the_run_with_exit_1() {
 /// open, the reader dropped worker-0's symbols as "channel full" until Ctrl-C, and the run
 /// exited 0).
 #[test]
+#[cfg(debug_assertions)] // the fault hook exists only in debug builds
 fn a_worker_panic_ends_the_run_with_exit_1() {
     a_panic_stops_the_run("worker-0", 100, "0.2");
 }
@@ -175,6 +182,7 @@ fn a_worker_panic_ends_the_run_with_exit_1() {
 /// whole run by itself within seconds with exit 1 (before the fix the main thread waited for
 /// the writer while the reader kept reading).
 #[test]
+#[cfg(debug_assertions)] // the fault hook exists only in debug builds
 fn a_recovery_panic_ends_the_run_with_exit_1() {
     a_panic_stops_the_run("recovery", 1, "1");
 }

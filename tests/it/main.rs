@@ -4,8 +4,6 @@
 mod backpressure;
 mod cli;
 mod delivery;
-// The failure tests drive the debug-only fault hook (src/fault.rs).
-#[cfg(debug_assertions)]
 mod failures;
 mod gaps;
 mod harness;
