@@ -300,8 +300,8 @@ mod tests {
         );
         assert!(Limits::derive(Some(5), 2, 100_000).is_ok());
         assert_eq!(Limits::derive(Some(7), 3, 100).map(|l| l.symbols_total), Ok(21), "every table full");
-        // The default worst case with a prefix filter: 20,000 symbols × 256 ids, whatever the
-        // worker count.
+        // The default worst case with a prefix filter: about 20,000 symbols × 256 ids, whatever
+        // the worker count.
         for n in [1, 2, 3, 16] {
             let l = Limits::derive(None, n, 100).expect("defaults are valid");
             assert!(l.trade_id_memory_bytes() <= 20_010 * 256 * TRADE_ID_BYTES, "{n}: {l:?}");
