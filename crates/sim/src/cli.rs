@@ -38,6 +38,9 @@ pub struct SimArgs {
     /// Levels per side in book snapshots (book5/20/50 are also capped by their N).
     #[arg(long, default_value_t = 20)]
     pub book_levels: usize,
+    /// Trades kept per symbol for REST trades/latest and trades/history (oldest go first).
+    #[arg(long, default_value_t = 200_000)]
+    pub trade_store_per_symbol: usize,
 }
 
 impl SimArgs {
@@ -47,6 +50,7 @@ impl SimArgs {
             rate_per_sec: self.rate,
             max_messages: self.max_messages,
             book_levels: self.book_levels,
+            trade_store_per_symbol: self.trade_store_per_symbol,
             ws_listen: self.listen,
             rest_listen: self.rest_listen,
             ..SimConfig::default()
@@ -94,6 +98,7 @@ mod tests {
         assert_eq!(cfg.rate_per_sec, 1000);
         assert_eq!(cfg.book_levels, 20);
         assert_eq!(cfg.max_messages, None);
+        assert_eq!(cfg.trade_store_per_symbol, SimConfig::default().trade_store_per_symbol);
         assert!(cfg.ws_listen.ip().is_loopback() && cfg.ws_listen.port() == 0);
     }
 
@@ -109,12 +114,15 @@ mod tests {
             "10",
             "--rest-listen",
             "127.0.0.1:0",
+            "--trade-store-per-symbol",
+            "5000",
         ])
         .expect("flags parse");
         let cfg = cmd.sim.to_config();
         assert_eq!(cfg.symbols, ["A_SPOT_B_C", "D_SPOT_E_F"]);
         assert_eq!(cfg.rate_per_sec, 0);
         assert_eq!(cfg.max_messages, Some(10));
+        assert_eq!(cfg.trade_store_per_symbol, 5000);
     }
 
     /// The standalone run serves until the stop flag is set, then shuts down promptly.

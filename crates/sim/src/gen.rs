@@ -2,17 +2,23 @@
 //! formatting, and one generator per stream that produces CoinAPI frames as [`Template`]s with
 //! holes for the sequence number (and the trade uuid tail), so the flood path only splices digits.
 //!
+//! Trade streams also hand out the compact fields of every trade ([`RingTrades`], from
+//! `market`), so the connection can append exactly what it sent (or withheld) to the trade store;
+//! timestamps of trades are 100 ns ticks, formatted on the way out and parsed on the way in
+//! (`history` queries) here.
+//!
 //! Everything here is pure: wall time comes in as an argument (or a `fn` clock), randomness from a
 //! seeded `fastrand::Rng`; no IO, no threads. The WebSocket connection loop (`ws.rs`) decides what
 //! to emit and when; the REST server (`rest.rs`) reuses the field formatting for its bodies. Wire
 //! text is written by hand with `push_str`, never by serializing client types, so the simulator
 //! stays an independent witness of the protocol.
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
+
+use super::market::{RingTrades, TradeFields, TradeView, UUID_TAIL_MASK};
 
 /// The symbols served when the caller names none: one per venue style the client must handle
 /// (spot with USD, USDT and EUR quotes, a perpetual).
@@ -30,9 +36,6 @@ pub(crate) const FLOOD_RING_LEN: usize = 128;
 
 /// A flood ring older than this is rebuilt at its next wrap so timestamps stay within a second.
 const RING_MAX_AGE: time::Duration = time::Duration::seconds(1);
-
-/// Trades remembered per stream for `DuplicateTrade` and for the REST "latest trades" overlap.
-pub(crate) const RECENT_TRADES_PER_STREAM: usize = 8;
 
 /// Significant digits of the "long exact decimal" style: more than f64 can carry (~17), as many
 /// as CoinAPI sends (~28).
@@ -115,7 +118,9 @@ impl DataType {
 pub(crate) struct SymbolInfo {
     pub(crate) id: String,
     /// The id as a JSON string literal (quoted and escaped once, spliced many times).
-    id_json: String,
+    pub(crate) id_json: String,
+    /// Position in `Shared::symbols` (and in the trade store).
+    pub(crate) index: usize,
     pub(crate) base: Option<String>,
     pub(crate) quote: Option<String>,
     /// Prices are integers in units of 10^-price_scale.
@@ -124,7 +129,8 @@ pub(crate) struct SymbolInfo {
 }
 
 impl SymbolInfo {
-    pub(crate) fn new(id: &str) -> SymbolInfo {
+    /// Reference data for `id`, at position `index` of the served symbols.
+    pub(crate) fn new(id: &str, index: usize) -> SymbolInfo {
         let parts: Vec<&str> = id.split('_').collect();
         let (base, quote) =
             if parts.len() >= 4 { (Some(parts[2].to_string()), Some(parts[3].to_string())) } else { (None, None) };
@@ -145,6 +151,7 @@ impl SymbolInfo {
         SymbolInfo {
             id: id.to_string(),
             id_json: json_string(id),
+            index,
             base,
             quote,
             price_scale: scale,
@@ -347,107 +354,151 @@ fn walk(mid: u64, rng: &mut fastrand::Rng) -> u64 {
     }
 }
 
-const TAKER_SIDES: [&str; 5] = ["BUY", "SELL", "BUY_ESTIMATED", "SELL_ESTIMATED", "UNKNOWN"];
-
-fn taker_side(rng: &mut fastrand::Rng) -> &'static str {
+/// An index into [`TAKER_SIDES`], weighted as on a busy venue.
+fn taker_side(rng: &mut fastrand::Rng) -> u8 {
     match rng.u8(0..100) {
-        0..=44 => TAKER_SIDES[0],
-        45..=89 => TAKER_SIDES[1],
-        90..=94 => TAKER_SIDES[2],
-        95..=97 => TAKER_SIDES[3],
-        _ => TAKER_SIDES[4],
+        0..=44 => 0,
+        45..=89 => 1,
+        90..=94 => 2,
+        95..=97 => 3,
+        _ => 4,
     }
 }
 
-/// The fields of one trade besides identity, already spelled. Shared by the WebSocket frame,
-/// `DuplicateTrade`, and REST answers that must repeat WebSocket trades.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TradeFields {
-    pub(crate) time_exchange: String,
-    pub(crate) time_coinapi: String,
-    pub(crate) price: String,
-    pub(crate) size: String,
-    pub(crate) taker_side: &'static str,
-}
-
-/// Exchange time is a little earlier than CoinAPI's receive time, as in the real feed.
+/// Quote and book times: the exchange time is a little earlier than CoinAPI's receive time.
 fn times(now: OffsetDateTime, rng: &mut fastrand::Rng) -> (String, String) {
     let lag = time::Duration::microseconds(rng.i64(50..50_000));
     (time_string(now - lag), time_string(now))
 }
 
+/// Largest lag of a trade's `time_exchange` behind its `time_coinapi` (50 ms, in 100 ns
+/// ticks). The lag is random per trade, so exchange times are not monotonic in stream order,
+/// as on CoinAPI: a history window built from one of the two times needs a margin.
+pub(crate) const EXCHANGE_JITTER_TICKS: i64 = 500_000;
+
+/// 100 ns ticks since the Unix epoch: the resolution of CoinAPI's timestamps.
+pub(crate) fn ticks(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 100) as i64
+}
+
+/// Appends the CoinAPI timestamp of `ticks` (see [`push_time`]).
+pub(crate) fn push_ticks(out: &mut String, ticks: i64) {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ticks) * 100).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    push_time(out, t);
+}
+
+/// Parses a CoinAPI request timestamp: `YYYY-MM-DDTHH:MM:SS`, then 0 to 9 fractional digits
+/// after a `.`, then `Z` (UTC). Returns nanoseconds since the Unix epoch.
+pub(crate) fn parse_time(s: &str) -> Option<i128> {
+    let b = s.as_bytes();
+    let digits = |from: usize, n: usize| -> Option<u32> {
+        let part = b.get(from..from + n)?;
+        part.iter().try_fold(0u32, |acc, c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+    };
+    let sep = |at: usize, c: u8| b.get(at) == Some(&c);
+    if !(sep(4, b'-') && sep(7, b'-') && sep(10, b'T') && sep(13, b':') && sep(16, b':')) {
+        return None;
+    }
+    let year = i32::try_from(digits(0, 4)?).ok()?;
+    let month = time::Month::try_from(u8::try_from(digits(5, 2)?).ok()?).ok()?;
+    let day = u8::try_from(digits(8, 2)?).ok()?;
+    let (hour, minute, second) =
+        (u8::try_from(digits(11, 2)?).ok()?, u8::try_from(digits(14, 2)?).ok()?, u8::try_from(digits(17, 2)?).ok()?);
+    let rest = b.get(19..)?;
+    let (frac, tail) = match rest.split_first() {
+        Some((b'.', after)) => {
+            let n = after.iter().take_while(|c| c.is_ascii_digit()).count();
+            if n == 0 || n > 9 {
+                return None;
+            }
+            (&after[..n], &after[n..])
+        }
+        _ => (&rest[..0], rest),
+    };
+    if tail != b"Z" {
+        return None;
+    }
+    let mut nanos: u32 = 0;
+    for i in 0..9 {
+        nanos = nanos * 10 + frac.get(i).map_or(0, |c| u32::from(c - b'0'));
+    }
+    let date = time::Date::from_calendar_date(year, month, day).ok()?;
+    let t = time::Time::from_hms_nano(hour, minute, second, nanos).ok()?;
+    Some(time::PrimitiveDateTime::new(date, t).assume_utc().unix_timestamp_nanos())
+}
+
+/// A new trade at `now`: `time_coinapi` is `now`, `time_exchange` up to
+/// [`EXCHANGE_JITTER_TICKS`] earlier; price one walk step from `mid`, random size and side.
 pub(crate) fn fresh_trade(sym: &SymbolInfo, mid: u64, now: OffsetDateTime, rng: &mut fastrand::Rng) -> TradeFields {
-    let (time_exchange, time_coinapi) = times(now, rng);
+    let time_coinapi = ticks(now);
+    let time_exchange = time_coinapi - rng.i64(0..=EXCHANGE_JITTER_TICKS);
     let price_units = walk(mid, rng);
-    let mut price = String::new();
-    push_price(&mut price, sym, price_units, rng);
-    let mut size = String::new();
+    let mut numbers = String::with_capacity(48);
+    push_price(&mut numbers, sym, price_units, rng);
+    let price_len = numbers.len();
     // `size: 0` is a price marker on some venues; the client must not treat it as volume.
     if rng.u16(0..1000) == 0 {
-        size.push('0');
+        numbers.push('0');
     } else {
-        push_size(&mut size, random_size(rng), rng);
+        push_size(&mut numbers, random_size(rng), rng);
     }
-    TradeFields { time_exchange, time_coinapi, price, size, taker_side: taker_side(rng) }
+    TradeFields::new(time_exchange, time_coinapi, numbers, price_len, taker_side(rng))
 }
 
-/// REST trade object (lower-case uuid, no sequence), as in `/v1/trades/{id}/latest`.
-pub(crate) fn push_rest_trade(out: &mut String, sym: &SymbolInfo, uuid: &str, t: &TradeFields) {
-    out.push_str("{\"symbol_id\":");
-    out.push_str(&sym.id_json);
-    push_trade_tail(out, uuid, t);
-}
-
-/// `last_trade` inside REST `quotes/current` (no symbol id).
-fn push_last_trade(out: &mut String, uuid: &str, t: &TradeFields) {
+/// Appends one trade object, compact (REST bodies are pretty-printed afterwards): `symbol_id`
+/// first when given (the `trades` routes), then the CoinAPI REST trade fields; no `sequence`,
+/// no `type`. `uuid` is written in lower case, as REST does.
+pub(crate) fn push_rest_trade(out: &mut String, symbol_json: Option<&str>, t: &TradeView<'_>) {
     out.push('{');
-    push_trade_tail(out, uuid, t);
-}
-
-fn push_trade_tail(out: &mut String, uuid: &str, t: &TradeFields) {
-    if !out.ends_with('{') {
+    if let Some(id) = symbol_json {
+        out.push_str("\"symbol_id\":");
+        out.push_str(id);
         out.push(',');
     }
     out.push_str("\"time_exchange\":\"");
-    out.push_str(&t.time_exchange);
+    push_ticks(out, t.time_exchange);
     out.push_str("\",\"time_coinapi\":\"");
-    out.push_str(&t.time_coinapi);
+    push_ticks(out, t.time_coinapi);
     out.push_str("\",\"uuid\":\"");
-    out.push_str(uuid);
+    push_uuid(out, t.uuid, false);
     out.push_str("\",\"price\":");
-    out.push_str(&t.price);
+    out.push_str(t.price);
     out.push_str(",\"size\":");
-    out.push_str(&t.size);
+    out.push_str(t.size);
     out.push_str(",\"taker_side\":\"");
     out.push_str(t.taker_side);
     out.push_str("\"}");
 }
 
-/// A random upper-case uuid (v4 layout). Used whole on REST and as the fixed head of a stream's
-/// WebSocket uuids.
-pub(crate) fn random_uuid(rng: &mut fastrand::Rng) -> String {
-    let mut s = String::with_capacity(36);
-    push_hex(&mut s, rng.u64(..) >> 32, 8);
-    s.push('-');
-    push_hex(&mut s, rng.u64(..) >> 48, 4);
-    s.push('-');
-    push_hex(&mut s, 0x4000 | (rng.u64(..) >> 52), 4);
-    s.push('-');
-    push_hex(&mut s, 0x8000 | (rng.u64(..) >> 50), 4);
-    s.push('-');
-    push_hex(&mut s, rng.u64(..) >> 16, 12);
-    s
+/// A random v4 uuid as 128 bits (version nibble 4, variant 10xx).
+pub(crate) fn random_uuid(rng: &mut fastrand::Rng) -> u128 {
+    let v = rng.u128(..);
+    let v = (v & !(0xF << 76)) | (0x4 << 76);
+    (v & !(0x3 << 62)) | (0x2 << 62)
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
-fn push_hex(out: &mut String, v: u64, width: u32) {
-    for i in (0..width).rev() {
-        out.push(char::from(HEX_UPPER[((v >> (i * 4)) & 0xF) as usize]));
+/// Appends a uuid in its 8-4-4-4-12 form: upper case as the WebSocket docs show it, lower case
+/// as REST sends it.
+pub(crate) fn push_uuid(out: &mut String, v: u128, upper: bool) {
+    let hex = if upper { HEX_UPPER } else { HEX_LOWER };
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push('-');
+        }
+        out.push(char::from(hex[((v >> ((31 - i) * 4)) & 0xF) as usize]));
     }
 }
 
-/// Width of the uuid tail spliced from the sequence number.
+pub(crate) fn uuid_string(v: u128, upper: bool) -> String {
+    let mut s = String::with_capacity(36);
+    push_uuid(&mut s, v, upper);
+    s
+}
+
+/// Width of the uuid tail spliced from the sequence number (the low 48 bits).
 const UUID_TAIL_LEN: usize = 12;
 
 fn uuid_tail(v: u64) -> [u8; UUID_TAIL_LEN] {
@@ -459,17 +510,6 @@ fn uuid_tail(v: u64) -> [u8; UUID_TAIL_LEN] {
     b
 }
 
-/// The full upper-case WebSocket uuid of a stream's trade: fixed head plus a tail from the
-/// sequence number it was first sent with (unique per stream and connection).
-pub(crate) fn ws_uuid(head: &str, tail_seq: u64) -> String {
-    let mut s = String::with_capacity(36);
-    s.push_str(head);
-    for b in uuid_tail(tail_seq) {
-        s.push(char::from(b));
-    }
-    s
-}
-
 /// One message payload with its holes removed: the sequence digits go at `seq_at`, the 12 hex
 /// digits of the uuid tail at `uuid_at`. Splicing is all the flood path does per message.
 #[derive(Debug, Clone)]
@@ -477,7 +517,6 @@ pub(crate) struct Template {
     text: String,
     seq_at: Option<usize>,
     uuid_at: Option<usize>,
-    trade: Option<Arc<TradeFields>>,
 }
 
 /// Appends an unmasked, unfragmented server frame header (RFC 6455 §5.2).
@@ -566,28 +605,28 @@ impl TemplateBuilder {
         self.text.push('"');
     }
 
-    fn finish(self, trade: Option<Arc<TradeFields>>) -> Template {
-        Template { text: self.text, seq_at: self.seq_at, uuid_at: self.uuid_at, trade }
+    fn finish(self) -> Template {
+        Template { text: self.text, seq_at: self.seq_at, uuid_at: self.uuid_at }
     }
 }
 
 /// A trade template: the uuid hole follows `uuid_head`. `padding` adds a long string field
 /// (the `Oversized` fault).
-fn trade_template(sym: &SymbolInfo, uuid_head: &str, t: Arc<TradeFields>, padding: usize) -> Template {
+fn trade_template(sym: &SymbolInfo, uuid_head: &str, t: &TradeFields, padding: usize) -> Template {
     let mut b = TemplateBuilder::envelope(sym, DataType::Trade);
     b.text.push_str(",\"time_exchange\":\"");
-    b.text.push_str(&t.time_exchange);
+    push_ticks(&mut b.text, t.time_exchange);
     b.text.push_str("\",\"time_coinapi\":\"");
-    b.text.push_str(&t.time_coinapi);
+    push_ticks(&mut b.text, t.time_coinapi);
     b.text.push_str("\",\"uuid\":\"");
     b.text.push_str(uuid_head);
     b.uuid_at = Some(b.text.len());
     b.text.push_str("\",\"price\":");
-    b.text.push_str(&t.price);
+    b.text.push_str(t.price());
     b.text.push_str(",\"size\":");
-    b.text.push_str(&t.size);
+    b.text.push_str(t.size());
     b.text.push_str(",\"taker_side\":\"");
-    b.text.push_str(t.taker_side);
+    b.text.push_str(t.taker_side());
     b.text.push('"');
     if padding > 0 {
         b.text.push_str(",\"padding\":\"");
@@ -595,7 +634,7 @@ fn trade_template(sym: &SymbolInfo, uuid_head: &str, t: Arc<TradeFields>, paddin
         b.text.push('"');
     }
     b.text.push('}');
-    b.finish(Some(t))
+    b.finish()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -882,13 +921,16 @@ enum State {
 }
 
 /// Everything needed to produce one stream's messages on one connection: sequence counter,
-/// market state, the template ring and the last few trades.
+/// market state, the template ring, its trades, and the last trade sent.
 #[derive(Debug)]
 pub(crate) struct StreamGen {
     pub(crate) kind: DataType,
     sym: Arc<SymbolInfo>,
     /// Next sequence number to send (CoinAPI starts at 1 per connection).
     next_seq: u64,
+    /// The uuid of this stream's trades without its tail (low 48 bits zero)...
+    uuid_bits: u128,
+    /// ...and its first 24 characters, upper case, as spliced into frames.
     uuid_head: String,
     rng: fastrand::Rng,
     mid: u64,
@@ -901,19 +943,27 @@ pub(crate) struct StreamGen {
     ring_built: Option<OffsetDateTime>,
     /// The next message must be a snapshot (stream start or resubscription).
     snapshot_due: bool,
-    /// (uuid tail, fields) of the last trades sent on this stream, oldest first.
-    recent: VecDeque<(u64, Arc<TradeFields>)>,
-    /// Highest uuid tail already handed to the REST overlap.
-    published_upto: u64,
+    /// Trade streams: the fields of each template of `ring`, shared with the trade store.
+    ring_trades: Option<Arc<RingTrades>>,
+    /// (sequence, ring position) of the last trade sent, for `DuplicateTrade`...
+    last_sent: Option<(u64, usize)>,
+    /// ...and its fields once they are no longer in `ring_trades` (ring rebuilt, `Oversized`).
+    last_sent_saved: Option<TradeFields>,
+    /// Trades were withheld since the last one sent: the next one sent shows a sequence gap.
+    withheld_gap: bool,
 }
 
-/// What `emit` put into the buffer.
+/// What `emit` put into the buffer (or, for `withhold`, would have).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Emitted {
     /// Offset of the payload (the exact text) in the output buffer.
     pub(crate) start: usize,
     /// Whether a sequence number was consumed (so a pending gap was applied).
     pub(crate) sequenced: bool,
+    /// The sequence number used (0 for `exrate`).
+    pub(crate) seq: u64,
+    /// The ring position of the template used (for the trade in [`StreamGen::ring_trades`]).
+    pub(crate) pos: usize,
 }
 
 impl StreamGen {
@@ -942,12 +992,14 @@ impl StreamGen {
             },
             DataType::Exrate => State::Exrate,
         };
-        let mut uuid_head = random_uuid(&mut rng);
+        let uuid_bits = random_uuid(&mut rng) & !UUID_TAIL_MASK;
+        let mut uuid_head = uuid_string(uuid_bits, true);
         uuid_head.truncate(36 - UUID_TAIL_LEN);
         StreamGen {
             kind,
             sym,
             next_seq: 1,
+            uuid_bits,
             uuid_head,
             rng,
             mid,
@@ -958,8 +1010,10 @@ impl StreamGen {
             ring_pos: 0,
             ring_built: None,
             snapshot_due: true,
-            recent: VecDeque::with_capacity(RECENT_TRADES_PER_STREAM),
-            published_upto: 0,
+            ring_trades: None,
+            last_sent: None,
+            last_sent_saved: None,
+            withheld_gap: false,
         }
     }
 
@@ -974,36 +1028,79 @@ impl StreamGen {
         }
     }
 
+    /// An incremental stream (`book`, `book_l3`) starts over as CoinAPI restarts it after
+    /// unsubscribe + subscribe: sequence 1 and a snapshot. Other kinds are left alone.
+    pub(crate) fn restart(&mut self) {
+        if self.kind.is_incremental() {
+            self.next_seq = 1;
+            self.snapshot_due = true;
+        }
+    }
+
+    /// The trades of the current template ring (trade streams only): the trade of the message
+    /// `emit` or `withhold` just produced is at `Emitted::pos`.
+    pub(crate) fn ring_trades(&self) -> Option<&Arc<RingTrades>> {
+        self.ring_trades.as_ref()
+    }
+
+    /// Whether trades were withheld since the last trade sent (cleared by the call).
+    pub(crate) fn take_withheld_gap(&mut self) -> bool {
+        std::mem::take(&mut self.withheld_gap)
+    }
+
     fn take_seq(&mut self, gap: u64) -> u64 {
         let seq = self.next_seq.saturating_add(gap);
         self.next_seq = seq.saturating_add(1);
         seq
     }
 
-    /// Appends the next data frame of this stream to `out`. `gap` sequence numbers are skipped
-    /// first (only if this stream is sequenced; see `Emitted::sequenced`).
-    pub(crate) fn emit(&mut self, out: &mut Vec<u8>, gap: u64, clock: Clock) -> Emitted {
+    /// Moves to the next template (refilling the ring when needed) and takes its sequence.
+    fn advance(&mut self, gap: u64, clock: Clock) -> Emitted {
         if self.ring_pos >= self.ring.len() || (self.snapshot_due && self.ring_mode) {
             self.refill(clock);
         }
         let sequenced = self.kind.is_sequenced();
         let seq = if sequenced { self.take_seq(gap) } else { 0 };
-        let t = &self.ring[self.ring_pos];
+        let pos = self.ring_pos;
         self.ring_pos += 1;
-        let start = t.write_frame(out, seq, seq);
-        if let Some(fields) = &t.trade {
-            if self.recent.len() == RECENT_TRADES_PER_STREAM {
-                self.recent.pop_front();
-            }
-            self.recent.push_back((seq, Arc::clone(fields)));
+        Emitted { start: 0, sequenced, seq, pos }
+    }
+
+    /// Appends the next data frame of this stream to `out`. `gap` sequence numbers are skipped
+    /// first (only if this stream is sequenced; see `Emitted::sequenced`).
+    pub(crate) fn emit(&mut self, out: &mut Vec<u8>, gap: u64, clock: Clock) -> Emitted {
+        let mut e = self.advance(gap, clock);
+        if let Some(t) = self.ring.get(e.pos) {
+            e.start = t.write_frame(out, e.seq, e.seq);
         }
-        Emitted { start, sequenced }
+        if self.kind == DataType::Trade {
+            self.last_sent = Some((e.seq, e.pos));
+            self.last_sent_saved = None;
+        }
+        e
+    }
+
+    /// Generates the next message exactly as `emit` would, consuming its sequence number, but
+    /// writes nothing (the `WithholdTrades` fault): the next message sent shows the jump.
+    pub(crate) fn withhold(&mut self, clock: Clock) -> Emitted {
+        let e = self.advance(0, clock);
+        self.withheld_gap = true;
+        e
+    }
+
+    /// One trade generated while the connection is down (an outage): fresh fields at `now`,
+    /// the next sequence number (never sent), and its uuid.
+    pub(crate) fn outage_trade(&mut self, now: OffsetDateTime) -> (u128, TradeFields) {
+        self.mid = walk(self.mid, &mut self.rng);
+        let fields = fresh_trade(&self.sym, self.mid, now, &mut self.rng);
+        let seq = self.take_seq(0);
+        (self.uuid_bits | (u128::from(seq) & UUID_TAIL_MASK), fields)
     }
 
     /// Makes `ring[ring_pos]` valid: replays the ring when it is fresh, else builds a new one.
     fn refill(&mut self, clock: Clock) {
+        let now = clock();
         if self.ring_mode {
-            let now = clock();
             let fresh = self.ring_built.is_some_and(|b| now - b < RING_MAX_AGE);
             // Replay restarts at the ring's opening snapshot, which also serves a resubscription.
             if fresh && !self.ring.is_empty() {
@@ -1011,32 +1108,42 @@ impl StreamGen {
                 self.snapshot_due = false;
                 return;
             }
-            self.ring.clear();
             // Every ring opens with a snapshot so that replaying it is a consistent book.
             self.snapshot_due = true;
-            for _ in 0..FLOOD_RING_LEN {
-                let t = self.build(now);
-                self.ring.push(t);
-            }
-            self.ring_built = Some(now);
-        } else {
-            let t = self.build(clock());
-            self.ring.clear();
+        }
+        // The last trade sent may be in the ring about to be replaced: keep its fields.
+        if let (Some((_, pos)), None) = (self.last_sent, &self.last_sent_saved) {
+            self.last_sent_saved = self.ring_trades.as_ref().and_then(|r| r.fields.get(pos)).cloned();
+        }
+        let n = if self.ring_mode { FLOOD_RING_LEN } else { 1 };
+        let mut trades = Vec::with_capacity(if self.kind == DataType::Trade { n } else { 0 });
+        self.ring.clear();
+        for _ in 0..n {
+            let (t, fields) = self.build(now);
             self.ring.push(t);
+            trades.extend(fields);
+        }
+        if self.kind == DataType::Trade {
+            self.ring_trades =
+                Some(Arc::new(RingTrades { uuid_head: self.uuid_bits, fields: trades.into_boxed_slice() }));
+        }
+        if self.ring_mode {
+            self.ring_built = Some(now);
         }
         self.ring_pos = 0;
     }
 
-    /// Builds one message template from the current state, advancing it.
-    fn build(&mut self, now: OffsetDateTime) -> Template {
+    /// Builds one message template from the current state, advancing it; for a trade, also
+    /// returns its fields.
+    fn build(&mut self, now: OffsetDateTime) -> (Template, Option<TradeFields>) {
         self.mid = walk(self.mid, &mut self.rng);
         let snapshot = std::mem::take(&mut self.snapshot_due);
         let sym = Arc::clone(&self.sym);
         let rng = &mut self.rng;
-        match &mut self.state {
+        let t = match &mut self.state {
             State::Trade => {
-                let fields = Arc::new(fresh_trade(&sym, self.mid, now, rng));
-                trade_template(&sym, &self.uuid_head, fields, 0)
+                let fields = fresh_trade(&sym, self.mid, now, rng);
+                return (trade_template(&sym, &self.uuid_head, &fields, 0), Some(fields));
             }
             State::Quote => {
                 let mut b = TemplateBuilder::envelope(&sym, self.kind);
@@ -1051,7 +1158,7 @@ impl StreamGen {
                 b.text.push_str(",\"bid_size\":");
                 push_size(&mut b.text, random_size(rng), rng);
                 b.text.push('}');
-                b.finish(None)
+                b.finish()
             }
             State::Book(book) => {
                 let full = snapshot || self.kind != DataType::Book;
@@ -1075,7 +1182,7 @@ impl StreamGen {
                 b.text.push_str(",\"bids\":");
                 push_levels(&mut b.text, &sym, &bids[..bids.len().min(self.depth)], rng);
                 b.text.push('}');
-                b.finish(None)
+                b.finish()
             }
             State::L3(l3) => {
                 let (asks, bids) = if snapshot {
@@ -1097,7 +1204,7 @@ impl StreamGen {
                 b.text.push_str(",\"bids\":");
                 push_l3(&mut b.text, &sym, &bids, rng);
                 b.text.push('}');
-                b.finish(None)
+                b.finish()
             }
             State::Ohlcv { period_id, period_secs, bar } => {
                 let ts = now.unix_timestamp();
@@ -1113,7 +1220,7 @@ impl StreamGen {
                 b.text.push(',');
                 push_bar(&mut b.text, &sym, bar, *period_secs, now, rng);
                 b.text.push('}');
-                b.finish(None)
+                b.finish()
             }
             State::Exrate => {
                 let mut b = TemplateBuilder::default();
@@ -1129,67 +1236,54 @@ impl StreamGen {
                 let extra = rng.u128(..);
                 push_number(&mut b.text, u128::from(self.mid), sym.price_scale, style, extra);
                 b.text.push('}');
-                b.finish(None)
+                b.finish()
             }
-        }
+        };
+        (t, None)
     }
 
-    /// Resends the last trade with the same uuid and the next sequence number (exchanges do
-    /// this). Returns `None` if this stream has sent no trade yet.
+    /// Resends the last trade sent with the same uuid and the next sequence number (exchanges
+    /// do this). Returns `None` if this stream has sent no trade yet.
     pub(crate) fn duplicate_last_trade(&mut self, out: &mut Vec<u8>, gap: u64) -> Option<Emitted> {
-        let (tail, fields) = self.recent.back().cloned()?;
-        let t = trade_template(&self.sym, &self.uuid_head, fields, 0);
+        let (tail, pos) = self.last_sent?;
+        let fields = match &self.last_sent_saved {
+            Some(f) => f.clone(),
+            None => self.ring_trades.as_ref()?.fields.get(pos)?.clone(),
+        };
+        let t = trade_template(&self.sym, &self.uuid_head, &fields, 0);
         let seq = self.take_seq(gap);
         let start = t.write_frame(out, seq, tail);
-        Some(Emitted { start, sequenced: true })
+        Some(Emitted { start, sequenced: true, seq, pos })
     }
 
     /// A real trade of this stream (next sequence) padded with a long string field so the frame
-    /// is about `bytes` long. Only meaningful on a trade stream.
+    /// is about `bytes` long. Only meaningful on a trade stream. Also returns the trade's uuid
+    /// and fields, for the trade store.
     pub(crate) fn oversized_trade(
         &mut self,
         out: &mut Vec<u8>,
         gap: u64,
         bytes: usize,
         now: OffsetDateTime,
-    ) -> Emitted {
-        let fields = Arc::new(fresh_trade(&self.sym, self.mid, now, &mut self.rng));
-        let plain = trade_template(&self.sym, &self.uuid_head, Arc::clone(&fields), 0);
+    ) -> (Emitted, u128, TradeFields) {
+        let fields = fresh_trade(&self.sym, self.mid, now, &mut self.rng);
+        let plain = trade_template(&self.sym, &self.uuid_head, &fields, 0);
         let overhead = plain.text.len() + 20 + UUID_TAIL_LEN + ",\"padding\":\"\"".len();
-        let t = trade_template(&self.sym, &self.uuid_head, Arc::clone(&fields), bytes.saturating_sub(overhead).max(1));
+        let t = trade_template(&self.sym, &self.uuid_head, &fields, bytes.saturating_sub(overhead).max(1));
         let seq = self.take_seq(gap);
         let start = t.write_frame(out, seq, seq);
-        if self.recent.len() == RECENT_TRADES_PER_STREAM {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((seq, fields));
-        Emitted { start, sequenced: true }
-    }
-
-    /// Trades sent since the last call, oldest first, as (upper-case uuid, fields).
-    pub(crate) fn take_unpublished_trades(&mut self) -> Vec<(String, Arc<TradeFields>)> {
-        let from = self.published_upto;
-        let fresh: Vec<_> = self
-            .recent
-            .iter()
-            .filter(|(tail, _)| *tail > from)
-            .map(|(tail, f)| (ws_uuid(&self.uuid_head, *tail), Arc::clone(f)))
-            .collect();
-        if let Some((tail, _)) = self.recent.back() {
-            self.published_upto = self.published_upto.max(*tail);
-        }
-        fresh
-    }
-
-    pub(crate) fn has_unpublished_trades(&self) -> bool {
-        self.recent.back().is_some_and(|(tail, _)| *tail > self.published_upto)
+        self.last_sent = Some((seq, 0));
+        self.last_sent_saved = Some(fields.clone());
+        let uuid = self.uuid_bits | (u128::from(seq) & UUID_TAIL_MASK);
+        (Emitted { start, sequenced: true, seq, pos: 0 }, uuid, fields)
     }
 }
 
-/// REST `quotes/current` body.
+/// REST `quotes/current` body. `last_trade` is the object of the newest stored trade (see
+/// [`push_rest_trade`], without `symbol_id`); without one a random trade stands in.
 pub(crate) fn rest_quote(
     sym: &SymbolInfo,
-    last: Option<(&str, &TradeFields)>,
+    last_trade: Option<&str>,
     now: OffsetDateTime,
     rng: &mut fastrand::Rng,
 ) -> String {
@@ -1207,12 +1301,20 @@ pub(crate) fn rest_quote(
     out.push_str(",\"bid_size\":");
     push_size(&mut out, random_size(rng), rng);
     out.push_str(",\"last_trade\":");
-    match last {
-        Some((uuid, t)) => push_last_trade(&mut out, uuid, t),
+    match last_trade {
+        Some(obj) => out.push_str(obj),
         None => {
             let t = fresh_trade(sym, mid, now, rng);
-            let uuid = random_uuid(rng).to_ascii_lowercase();
-            push_last_trade(&mut out, &uuid, &t);
+            let view = TradeView {
+                uuid: random_uuid(rng),
+                time_exchange: t.time_exchange,
+                time_coinapi: t.time_coinapi,
+                price: t.price(),
+                size: t.size(),
+                taker_side: t.taker_side(),
+                streamed: false,
+            };
+            push_rest_trade(&mut out, None, &view);
         }
     }
     out.push('}');
@@ -1268,23 +1370,6 @@ pub(crate) fn rest_ohlcv(
     out
 }
 
-/// REST trades that were never sent on the WebSocket (newer than anything recorded), newest
-/// first, with lower-case uuids.
-pub(crate) fn rest_new_trades(
-    sym: &SymbolInfo,
-    n: usize,
-    now: OffsetDateTime,
-    rng: &mut fastrand::Rng,
-) -> Vec<(String, TradeFields)> {
-    (0..n)
-        .map(|i| {
-            let at = now - time::Duration::milliseconds(i as i64 * 7);
-            let t = fresh_trade(sym, sym.ref_price, at, rng);
-            (random_uuid(rng).to_ascii_lowercase(), t)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1336,7 +1421,7 @@ mod tests {
     /// upper case, and a duplicate repeats the uuid under the next sequence.
     #[test]
     fn trade_stream_fields_sequence_and_duplicate() {
-        let sym = Arc::new(SymbolInfo::new("BITSTAMP_SPOT_BTC_USD"));
+        let sym = Arc::new(SymbolInfo::new("BITSTAMP_SPOT_BTC_USD", 0));
         let mut g = StreamGen::new(DataType::Trade, sym, 20, "1MIN", true, fastrand::Rng::with_seed(7));
         let mut uuids = std::collections::HashSet::new();
         for expect_seq in 1..=300u64 {
@@ -1379,7 +1464,7 @@ mod tests {
     #[test]
     fn books_snapshot_then_deltas() {
         for ring_mode in [false, true] {
-            let sym = Arc::new(SymbolInfo::new("COINBASE_SPOT_ETH_USD"));
+            let sym = Arc::new(SymbolInfo::new("COINBASE_SPOT_ETH_USD", 0));
             let mut g =
                 StreamGen::new(DataType::Book, Arc::clone(&sym), 10, "1MIN", ring_mode, fastrand::Rng::with_seed(3));
             let mut snaps = Vec::new();
@@ -1413,7 +1498,7 @@ mod tests {
     /// decimals (beyond f64), padded trailing zeros, and exponent forms.
     #[test]
     fn trades_use_every_number_spelling() {
-        let sym = Arc::new(SymbolInfo::new("BINANCE_SPOT_SOL_USDT"));
+        let sym = Arc::new(SymbolInfo::new("BINANCE_SPOT_SOL_USDT", 0));
         let mut g = StreamGen::new(DataType::Trade, sym, 20, "1MIN", false, fastrand::Rng::with_seed(11));
         let (mut long, mut padded, mut exp) = (false, false, false);
         for _ in 0..3000 {
@@ -1435,7 +1520,7 @@ mod tests {
     /// exrate carries no sequence and ignores gaps; ohlcv uses the requested period.
     #[test]
     fn exrate_and_ohlcv_shapes() {
-        let sym = Arc::new(SymbolInfo::new("KRAKEN_SPOT_XRP_EUR"));
+        let sym = Arc::new(SymbolInfo::new("KRAKEN_SPOT_XRP_EUR", 0));
         let mut g = StreamGen::new(DataType::Exrate, Arc::clone(&sym), 20, "1MIN", false, fastrand::Rng::with_seed(1));
         let mut out = Vec::new();
         let e = g.emit(&mut out, 5, fixed_now);
@@ -1479,5 +1564,126 @@ mod tests {
         assert_eq!(period_seconds("MIN"), None);
         assert_eq!(period_seconds("0MIN"), None);
         assert_eq!(period_seconds("1WEEK"), None);
+    }
+
+    /// Request timestamps: 0 to 9 fractional digits and a `Z`; anything else is refused. Ticks
+    /// format back to the same 7-digit text.
+    #[test]
+    fn parses_coinapi_times() {
+        let base: i128 = 1_795_848_266 * 1_000_000_000;
+        assert_eq!(parse_time("2026-11-28T06:44:26Z"), Some(base));
+        assert_eq!(parse_time("2026-11-28T06:44:26.1Z"), Some(base + 100_000_000));
+        assert_eq!(parse_time("2026-11-28T06:44:26.1234567Z"), Some(base + 123_456_700));
+        assert_eq!(parse_time("2026-11-28T06:44:26.123456789Z"), Some(base + 123_456_789));
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
+        for bad in [
+            "",
+            "2026-11-28T06:44:26",
+            "2026-11-28T06:44:26.Z",
+            "2026-11-28T06:44:26.1234567890Z",
+            "2026-11-28T06:44:26+00:00",
+            "2026-11-28 06:44:26Z",
+            "2026-02-30T06:44:26Z",
+            "2026-11-28T24:00:00Z",
+            "2026-11-28T06:44:26Zjunk",
+            "2026-1-28T06:44:26Z",
+            "２026-11-28T06:44:26Z",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad:?}");
+        }
+        let mut s = String::new();
+        push_ticks(&mut s, ticks(fixed_now()));
+        assert_eq!(s, "2026-11-28T06:44:26.1234567Z");
+        assert_eq!(parse_time(&s).map(|n| n / 100), Some(i128::from(ticks(fixed_now()))));
+    }
+
+    /// A withheld trade takes its sequence number without writing anything, and the next trade
+    /// sent shows the jump (once); the ring's trades are the frames' trades.
+    #[test]
+    fn withhold_consumes_sequences() {
+        for ring_mode in [false, true] {
+            let sym = Arc::new(SymbolInfo::new("BITSTAMP_SPOT_BTC_USD", 0));
+            let mut g = StreamGen::new(DataType::Trade, sym, 20, "1MIN", ring_mode, fastrand::Rng::with_seed(5));
+            let mut out = Vec::new();
+            for _ in 0..3 {
+                g.emit(&mut out, 0, fixed_now);
+            }
+            let before = out.len();
+            let w = g.withhold(fixed_now);
+            g.withhold(fixed_now);
+            assert_eq!((w.seq, out.len()), (4, before), "nothing written");
+            let e = g.emit(&mut out, 0, fixed_now);
+            assert_eq!(e.seq, 6);
+            assert!(g.take_withheld_gap() && !g.take_withheld_gap());
+            let v: serde_json::Value = serde_json::from_slice(&out[e.start..]).expect("json");
+            let f = &g.ring_trades().expect("a trade stream has ring trades").fields[e.pos];
+            let mut te = String::new();
+            push_ticks(&mut te, f.time_exchange);
+            assert_eq!(v["time_exchange"], te);
+            let text = std::str::from_utf8(&out[e.start..]).expect("utf-8");
+            assert!(text.contains(&format!("\"price\":{},\"size\":{},", f.price(), f.size())), "{text}");
+            let (uuid, _) = g.outage_trade(fixed_now());
+            assert_eq!(uuid & UUID_TAIL_MASK, 7, "outage trades take sequence numbers too");
+            assert_eq!(uuid_string(uuid, true)[..24], v["uuid"].as_str().expect("uuid")[..24]);
+        }
+    }
+
+    /// `restart` starts a book over at sequence 1 with a snapshot, in paced and ring mode; it
+    /// leaves other kinds alone.
+    #[test]
+    fn restart_starts_a_book_over() {
+        for ring_mode in [false, true] {
+            for kind in [DataType::Book, DataType::BookL3] {
+                let sym = Arc::new(SymbolInfo::new("COINBASE_SPOT_ETH_USD", 0));
+                let mut g = StreamGen::new(kind, sym, 5, "1MIN", ring_mode, fastrand::Rng::with_seed(9));
+                for _ in 0..5 {
+                    g.emit(&mut Vec::new(), 0, fixed_now);
+                }
+                g.restart();
+                for (seq, snapshot) in [(1, true), (2, false)] {
+                    let mut out = Vec::new();
+                    g.emit(&mut out, 0, fixed_now);
+                    let v = parse(&out);
+                    assert_eq!(v["sequence"], seq, "{kind:?} ring {ring_mode}");
+                    assert_eq!(v["is_snapshot"], snapshot, "{kind:?} ring {ring_mode}");
+                }
+            }
+            let sym = Arc::new(SymbolInfo::new("COINBASE_SPOT_ETH_USD", 0));
+            let mut q = StreamGen::new(DataType::Quote, sym, 5, "1MIN", ring_mode, fastrand::Rng::with_seed(9));
+            q.emit(&mut Vec::new(), 0, fixed_now);
+            q.restart();
+            let mut out = Vec::new();
+            q.emit(&mut out, 0, fixed_now);
+            assert_eq!(parse(&out)["sequence"], 2);
+        }
+    }
+
+    static CLOCK_NANOS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1_795_848_266_000_000_000);
+
+    fn moving_clock() -> OffsetDateTime {
+        let nanos = CLOCK_NANOS.load(std::sync::atomic::Ordering::Relaxed);
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)).expect("valid test time")
+    }
+
+    /// In ring mode a duplicate still repeats the last trade sent after its ring was replaced.
+    #[test]
+    fn duplicate_survives_a_ring_rebuild() {
+        let sym = Arc::new(SymbolInfo::new("BITSTAMP_SPOT_BTC_USD", 0));
+        let mut g = StreamGen::new(DataType::Trade, sym, 20, "1MIN", true, fastrand::Rng::with_seed(2));
+        let mut out = Vec::new();
+        let mut last = Emitted { start: 0, sequenced: true, seq: 0, pos: 0 };
+        for _ in 0..FLOOD_RING_LEN {
+            last = g.emit(&mut out, 0, moving_clock);
+        }
+        let sent: serde_json::Value = serde_json::from_slice(&out[last.start..]).expect("json");
+        CLOCK_NANOS.fetch_add(2_000_000_000, std::sync::atomic::Ordering::Relaxed);
+        // The next message rebuilds the ring (older than a second); withhold it.
+        g.withhold(moving_clock);
+        let mut dup = Vec::new();
+        let e = g.duplicate_last_trade(&mut dup, 0).expect("a trade was sent");
+        let v: serde_json::Value = serde_json::from_slice(&dup[e.start..]).expect("json");
+        assert_eq!(v["uuid"], sent["uuid"]);
+        assert_eq!(v["price"].to_string(), sent["price"].to_string());
+        assert_eq!(v["sequence"].as_u64(), Some(FLOOD_RING_LEN as u64 + 2));
     }
 }

@@ -5,17 +5,29 @@
 //!
 //! This module owns the public surface ([`Sim`], [`SimConfig`], the fault and event types) and
 //! the state shared by the server threads. `ws` runs the WebSocket connections, `rest` the HTTP
-//! server, `gen` produces the frames, `record` keeps the observation records, `cli` the standalone
-//! flags. The simulator never uses the client's types: it writes its wire text by hand so it is an
-//! independent witness. Production code never imports it.
+//! server, `gen` produces the frames, `market` keeps the per-symbol trade store, `record` keeps
+//! the observation records, `cli` the standalone flags. The simulator never uses the client's
+//! types: it writes its wire text by hand so it is an independent witness. Production code never
+//! imports it.
+//!
+//! # One market per symbol
+//!
+//! Every trade a connection generates for a symbol is appended to that symbol's trade store:
+//! streamed, withheld by [`WsFault::WithholdTrades`], or generated while the connection is down
+//! during a [`Sim::outage`]. REST `trades/latest` and `trades/history` answer from the store, so
+//! a client that recovers a gap gets exactly the trades it missed, plus the overlap it must
+//! de-duplicate; [`Sim::stored_trades`] shows tests the same truth. Two connections streaming one
+//! symbol each append their own trades (they are two samples of one market).
 //!
 //! Threads: `sim-ws` (accept) with one `sim-ws-N` per connection, `sim-rest` (accept) with one
-//! `sim-rest-N` per connection. All poll a shared stop flag at least every few tens of
-//! milliseconds, so [`Sim::shutdown`] (also run on drop) joins everything well under a second,
-//! even with stalled clients, hung upgrades or hung REST requests.
+//! `sim-rest-N` per connection. A connection dropped by an outage keeps its thread until the
+//! outage ends, generating its trades into the store. All poll a shared stop flag at least every
+//! few tens of milliseconds, so [`Sim::shutdown`] (also run on drop) joins everything well under
+//! a second, even with stalled clients, hung upgrades, hung REST requests or an outage.
 
 pub mod cli;
 mod gen;
+mod market;
 mod record;
 mod rest;
 mod ws;
@@ -23,7 +35,7 @@ mod ws;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -36,7 +48,7 @@ use parking_lot::Mutex;
 
 pub use gen::DEFAULT_SYMBOLS;
 
-use gen::{SymbolInfo, TradeFields};
+use gen::SymbolInfo;
 
 /// Events kept by the log; older ones are dropped first.
 const EVENT_LOG_CAPACITY: usize = 100_000;
@@ -44,8 +56,9 @@ const EVENT_LOG_CAPACITY: usize = 100_000;
 /// Faults queued per connection (and for the next connection) before new ones are dropped.
 const FAULT_QUEUE_CAPACITY: usize = 10_000;
 
-/// Largest `rest_overlap_trades` accepted (the REST answer's own cap is 10,000 items).
-const REST_OVERLAP_TRADES_MAX: usize = 10_000;
+/// Largest `trade_store_per_symbol` accepted: about 150 MB per symbol at worst (paced trades
+/// take about 73 bytes each; flooded ones, stored as runs, almost nothing).
+const TRADE_STORE_PER_SYMBOL_MAX: usize = 2_000_000;
 
 /// Longest fault description kept in a `FaultApplied` event (a `Text` fault can be megabytes).
 const FAULT_DESCRIPTION_MAX: usize = 200;
@@ -56,6 +69,11 @@ pub struct SimConfig {
     /// Symbol ids served (opaque strings to the client).
     pub symbols: Vec<String>,
     /// Data messages per second per connection over all subscribed streams; 0 = flood.
+    ///
+    /// From 20,000 (and in flood) streams replay rings of 128 pre-built messages for up to a
+    /// second, so replayed trades repeat their template's timestamps (with new uuids): many
+    /// trades share one `time_exchange`, and paging `trades/history` through them needs a
+    /// `limit` above the repeats. Recovery tests that page history want a paced rate.
     pub rate_per_sec: u64,
     /// Per connection: after this many data messages, send nothing but heartbeats.
     pub max_messages: Option<u64>,
@@ -71,9 +89,10 @@ pub struct SimConfig {
     pub rest_listen: SocketAddr,
     /// Silence after which a `hearbeat` is sent when the hello asked for them.
     pub heartbeat_after: Duration,
-    /// WebSocket trades per symbol the REST "latest trades" answer repeats after its new ones
-    /// (the overlap a client must de-duplicate).
-    pub rest_overlap_trades: usize,
+    /// Trades kept per symbol for REST `trades/latest` and `trades/history` (streamed, withheld
+    /// and outage trades alike); the oldest go first. The default holds 200 s of a symbol at
+    /// 1000 trades/s, about 15 MB per symbol when full in paced mode.
+    pub trade_store_per_symbol: usize,
 }
 
 impl Default for SimConfig {
@@ -89,7 +108,7 @@ impl Default for SimConfig {
             ws_listen: loopback,
             rest_listen: loopback,
             heartbeat_after: Duration::from_secs(1),
-            rest_overlap_trades: 32,
+            trade_store_per_symbol: 200_000,
         }
     }
 }
@@ -134,6 +153,11 @@ pub enum WsFault {
     RefuseUpgrade { status: u16, retry_after_ms: Option<u64> },
     /// The next accepted TCP connection never gets an upgrade answer (held until shutdown).
     HangUpgrade,
+    /// For `duration` from when a connection applies it, that connection's trades of
+    /// `symbol_id` are generated at their usual cadence, take their sequence numbers and go to
+    /// the trade store (as not streamed), but are not sent: when the window ends the next trade
+    /// frame shows the jump. Other streams and symbols are unaffected.
+    WithholdTrades { symbol_id: String, duration: Duration },
 }
 
 /// REST faults, queued first in first out; each one answers exactly one request.
@@ -242,6 +266,15 @@ impl FaultHub {
     }
 }
 
+/// Stands in for `now + d` when `d` overflows `Instant` (a fault of `Duration::MAX`).
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `now + d`, saturating instead of panicking on absurd durations.
+pub(crate) fn instant_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).or_else(|| now.checked_add(FAR_FUTURE)).unwrap_or(now)
+}
+
 /// A short, bounded description of a fault for the event log.
 pub(crate) fn describe<T: fmt::Debug>(fault: &T) -> String {
     let mut s = format!("{fault:?}");
@@ -256,8 +289,55 @@ pub(crate) fn describe<T: fmt::Debug>(fault: &T) -> String {
     s
 }
 
-/// A trade sent on the WebSocket, as REST repeats it: lower-case uuid and the same fields.
-pub(crate) type RecentTrade = (String, Arc<TradeFields>);
+/// One trade of the simulator's trade store, with the exact text REST serves for it (which is
+/// the text its WebSocket frame carried, when it was streamed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTrade {
+    /// Lower case (the WebSocket frame carried it in upper case).
+    pub uuid: String,
+    /// CoinAPI format, 7 fractional digits: `2017-03-18T22:42:21.3763342Z`.
+    pub time_exchange: String,
+    pub time_coinapi: String,
+    /// Exact number text, as on the wire.
+    pub price: String,
+    pub size: String,
+    pub taker_side: &'static str,
+    /// Sent on a WebSocket (false: withheld by a fault, or generated during an outage).
+    pub streamed: bool,
+}
+
+/// When the current outage ends, and how many outages began (connections compare the count
+/// with the one they started under to learn that they must drop).
+#[derive(Debug, Default)]
+pub(crate) struct Outage {
+    until: Mutex<Option<Instant>>,
+    epoch: AtomicU64,
+}
+
+impl Outage {
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn active(&self, now: Instant) -> bool {
+        self.until.lock().is_some_and(|until| now < until)
+    }
+
+    /// The end of the current (or last) outage.
+    pub(crate) fn until(&self) -> Option<Instant> {
+        *self.until.lock()
+    }
+
+    fn begin(&self, until: Instant) {
+        {
+            let mut current = self.until.lock();
+            *current = Some(current.map_or(until, |u| u.max(until)));
+        }
+        // After `until` is set: a connection admitted under the old epoch sees the new one and
+        // drops; one that reads the new epoch finds the outage active and is refused.
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+}
 
 /// State shared by every simulator thread.
 #[derive(Debug)]
@@ -272,8 +352,13 @@ pub(crate) struct Shared {
     pub(crate) gaps_emitted: AtomicU64,
     pub(crate) faults: Mutex<FaultHub>,
     pub(crate) rest_faults: Mutex<VecDeque<RestFault>>,
-    /// Per symbol id: the last WebSocket trades, oldest first.
-    recent_trades: Mutex<HashMap<String, VecDeque<RecentTrade>>>,
+    /// Every trade generated, per symbol (indexed like `symbols`).
+    pub(crate) trades: market::TradeStore,
+    /// Trades generated but not sent because of `WithholdTrades`.
+    pub(crate) withheld_trades: AtomicU64,
+    /// Trades generated while connections were down during an outage.
+    pub(crate) outage_trades: AtomicU64,
+    pub(crate) outage: Outage,
     next_conn: AtomicU64,
     /// REST credits left in the simulated daily budget (may go negative, as on CoinAPI).
     pub(crate) credits_remaining: AtomicI64,
@@ -298,23 +383,6 @@ impl Shared {
 
     pub(crate) fn symbol(&self, id: &str) -> Option<&Arc<SymbolInfo>> {
         self.symbols.iter().find(|s| s.id == id)
-    }
-
-    /// Records WebSocket trades (oldest first, upper-case uuids) for the REST overlap.
-    pub(crate) fn publish_trades(&self, symbol_id: &str, trades: Vec<(String, Arc<TradeFields>)>) {
-        let mut all = self.recent_trades.lock();
-        let list = all.entry(symbol_id.to_string()).or_default();
-        for (uuid, fields) in trades {
-            if list.len() >= self.config.rest_overlap_trades {
-                list.pop_front();
-            }
-            list.push_back((uuid.to_ascii_lowercase(), fields));
-        }
-    }
-
-    /// The last WebSocket trades of a symbol, newest first.
-    pub(crate) fn recent_trades(&self, symbol_id: &str) -> Vec<RecentTrade> {
-        self.recent_trades.lock().get(symbol_id).map(|l| l.iter().rev().cloned().collect()).unwrap_or_default()
     }
 }
 
@@ -375,10 +443,10 @@ impl Sim {
         if config.book_levels == 0 || config.book_levels > BOOK_LEVELS_MAX {
             return Err(invalid(format!("sim book_levels {} is outside 1..={BOOK_LEVELS_MAX}", config.book_levels)));
         }
-        if config.rest_overlap_trades == 0 || config.rest_overlap_trades > REST_OVERLAP_TRADES_MAX {
+        if config.trade_store_per_symbol == 0 || config.trade_store_per_symbol > TRADE_STORE_PER_SYMBOL_MAX {
             return Err(invalid(format!(
-                "sim rest_overlap_trades {} is outside 1..={REST_OVERLAP_TRADES_MAX}",
-                config.rest_overlap_trades
+                "sim trade_store_per_symbol {} is outside 1..={TRADE_STORE_PER_SYMBOL_MAX}",
+                config.trade_store_per_symbol
             )));
         }
         if config.heartbeat_after.is_zero() {
@@ -389,11 +457,12 @@ impl Sim {
         let mut symbols: Vec<Arc<SymbolInfo>> = Vec::new();
         for id in &config.symbols {
             if !symbols.iter().any(|s| &s.id == id) {
-                symbols.push(Arc::new(SymbolInfo::new(id)));
+                symbols.push(Arc::new(SymbolInfo::new(id, symbols.len())));
             }
         }
         let shared = Arc::new(Shared {
             sent: record::SentLog::new(if config.record_sent { config.record_limit } else { 0 }),
+            trades: market::TradeStore::new(symbols.len(), config.trade_store_per_symbol),
             config,
             symbols,
             stop: AtomicBool::new(false),
@@ -402,7 +471,9 @@ impl Sim {
             gaps_emitted: AtomicU64::new(0),
             faults: Mutex::new(FaultHub::default()),
             rest_faults: Mutex::new(VecDeque::new()),
-            recent_trades: Mutex::new(HashMap::new()),
+            withheld_trades: AtomicU64::new(0),
+            outage_trades: AtomicU64::new(0),
+            outage: Outage::default(),
             next_conn: AtomicU64::new(1),
             credits_remaining: AtomicI64::new(rest::CREDITS_PER_DAY),
         });
@@ -473,10 +544,69 @@ impl Sim {
     }
 
     /// Sequence gaps the simulator has written into generated data so far (each consumed `Gap` or
-    /// `GapOn` fault is one, however many numbers it skipped). Faults injected before the previous
+    /// `GapOn` fault is one, however many numbers it skipped, and so is the first trade sent after
+    /// a stretch of withheld ones). Faults injected before the previous
     /// ones were consumed merge into one gap, so a test that wants N distinct gaps waits on this.
     pub fn gaps_emitted(&self) -> u64 {
         self.shared.gaps_emitted.load(Ordering::Relaxed)
+    }
+
+    /// A WebSocket outage of `duration` from now (an overlapping one extends it): every live
+    /// connection is dropped abruptly (what it had queued is flushed, then TCP goes without a
+    /// close frame, as `AbruptClose`), and upgrades are answered with HTTP 503 until it ends,
+    /// each logged as `UpgradeRefused { status: 503 }`. Faults injected meanwhile wait for the
+    /// next connection. The REST server stays up.
+    ///
+    /// The market goes on: each dropped connection keeps generating its trade streams into the
+    /// trade store (as not streamed) at the trade rate it had over its last second (at most
+    /// 20,000 trades/s per connection), with exchange times spread over the outage, until the
+    /// outage ends. New connections start their sequences at 1, as on CoinAPI. Logged as a
+    /// `FaultApplied` event on connection 0.
+    pub fn outage(&self, duration: Duration) {
+        self.shared.outage.begin(instant_after(duration));
+        self.shared.log(0, EventKind::FaultApplied { fault: format!("Outage {{ duration: {duration:?} }}") });
+    }
+
+    /// The trade store of a symbol, oldest first (store order, which is generation order);
+    /// empty for a symbol the simulator does not serve.
+    pub fn stored_trades(&self, symbol_id: &str) -> Vec<StoredTrade> {
+        let Some(sym) = self.shared.symbol(symbol_id) else {
+            return Vec::new();
+        };
+        let time_text = |ticks: i64| {
+            let mut s = String::with_capacity(28);
+            gen::push_ticks(&mut s, ticks);
+            s
+        };
+        self.shared
+            .trades
+            .all(sym.index)
+            .iter()
+            .map(|v| StoredTrade {
+                uuid: gen::uuid_string(v.uuid, false),
+                time_exchange: time_text(v.time_exchange),
+                time_coinapi: time_text(v.time_coinapi),
+                price: v.price.to_string(),
+                size: v.size.to_string(),
+                taker_side: v.taker_side,
+                streamed: v.streamed,
+            })
+            .collect()
+    }
+
+    /// How many trades the store holds for a symbol (cheap: for waiting on).
+    pub fn stored_trade_count(&self, symbol_id: &str) -> usize {
+        self.shared.symbol(symbol_id).map_or(0, |sym| self.shared.trades.len(sym.index))
+    }
+
+    /// Trades generated but not sent because of `WsFault::WithholdTrades`, all connections.
+    pub fn withheld_trades(&self) -> u64 {
+        self.shared.withheld_trades.load(Ordering::Relaxed)
+    }
+
+    /// Trades generated into the store by connections dropped by [`Sim::outage`].
+    pub fn outage_trades(&self) -> u64 {
+        self.shared.outage_trades.load(Ordering::Relaxed)
     }
 
     /// Stops and joins every thread. Returns within a few tens of milliseconds.

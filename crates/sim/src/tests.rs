@@ -11,6 +11,8 @@ use tungstenite::{Message, WebSocket};
 
 use super::*;
 
+mod store;
+
 /// Upper bound of every wait in these tests.
 const DEADLINE: Duration = Duration::from_secs(5);
 const KEY: &str = "test-key-123";
@@ -642,15 +644,23 @@ fn keys_in_order(obj: &str, expected: &[&str]) -> bool {
     positions.iter().all(Option::is_some) && positions.windows(2).all(|w| w[0] < w[1])
 }
 
-/// Every route answers with its CoinAPI shape and the rate-limit headers; errors carry
-/// `{"error":..}` with 401, 404, 400 and 550; all on one keep-alive connection.
+/// Every route answers with its CoinAPI shape, pretty-printed, and the rate-limit headers;
+/// errors carry `{"error":..}` with 401, 404, 400 and 550; all on one keep-alive connection.
 #[test]
 fn rest_routes_shapes_and_statuses() {
     let sim = start(SimConfig::default());
+    let mut c = Client::connect(&sim);
+    c.send(r#"{"type":"hello","apikey":"k","subscribe_data_type":["trade"],"subscribe_filter_symbol_id":["BITSTAMP_SPOT_BTC_USD$"]}"#);
+    c.data(10);
     let mut http = Http::connect(&sim);
 
     let r = http.get("/v1/trades/BITSTAMP_SPOT_BTC_USD/latest?limit=5", Some(KEY));
     assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.starts_with("[\n  {\n    \"symbol_id\": \"BITSTAMP_SPOT_BTC_USD\",\n    \"time_exchange\": \""),
+        "{}",
+        r.body
+    );
     assert_eq!(r.header("X-RateLimit-Limit"), Some("10000"));
     assert_eq!(r.header("X-RateLimit-Request-Cost"), Some("1"));
     assert!(r.header("X-RateLimit-Remaining").is_some());
@@ -669,6 +679,7 @@ fn rest_routes_shapes_and_statuses() {
 
     let r = http.get("/v1/quotes/COINBASE_SPOT_ETH_USD/current", Some(KEY));
     assert_eq!(r.status, 200);
+    assert!(r.body.starts_with("{\n  \"symbol_id\": \"COINBASE_SPOT_ETH_USD\",\n"), "{}", r.body);
     let q = json(&r.body);
     assert!(q.is_object() && q["last_trade"]["uuid"].is_string(), "{}", r.body);
     assert!(keys_in_order(
@@ -718,23 +729,55 @@ fn rest_routes_shapes_and_statuses() {
     assert_eq!(r.status, 431);
 }
 
-/// REST latest trades repeat the WebSocket's last trades (lower-case uuids) plus new ones.
+/// The raw text of every `"key": value` in `text` (compact or pretty JSON), in order: strings
+/// with their quotes, numbers exactly as spelled.
+fn raw_values(text: &str, key: &str) -> Vec<String> {
+    let pat = format!("\"{key}\":");
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(&pat) {
+        let value = rest[at + pat.len()..].trim_start();
+        let end = if let Some(inner) = value.strip_prefix('"') {
+            inner.find('"').map_or(value.len(), |e| e + 2)
+        } else {
+            value.find([',', '}', '\n', ']']).unwrap_or(value.len())
+        };
+        out.push(value[..end].trim_end().to_string());
+        rest = &value[end..];
+    }
+    out
+}
+
+fn trade_text_fields(text: &str) -> Vec<[String; 5]> {
+    let fields = ["time_exchange", "time_coinapi", "price", "size", "taker_side"].map(|k| raw_values(text, k));
+    (0..fields[0].len()).map(|i| fields.clone().map(|f| f.get(i).cloned().unwrap_or_default())).collect()
+}
+
+/// REST latest trades are the newest stored trades, newest first, with lower-case uuids and
+/// every field byte for byte as the WebSocket frame carried it; `limit` bounds them.
 #[test]
-fn rest_latest_trades_overlap_websocket() {
+fn rest_latest_serves_the_store_newest_first() {
     let sim = start(flood(20));
     let mut c = Client::connect(&sim);
     c.send(r#"{"type":"hello","apikey":"k","subscribe_data_type":["trade"],"subscribe_filter_symbol_id":["BITSTAMP_SPOT_BTC_USD$"]}"#);
-    let ws_uuids: Vec<String> =
-        c.data(20).iter().map(|f| json(f)["uuid"].as_str().unwrap_or("").to_ascii_lowercase()).collect();
+    let frames = c.data(20);
+    wait_until("20 trades stored", || sim.stored_trade_count("BITSTAMP_SPOT_BTC_USD") == 20);
+    let mut ws_uuids: Vec<String> =
+        frames.iter().map(|f| json(f)["uuid"].as_str().unwrap_or("").to_ascii_lowercase()).collect();
+    let mut ws_fields: Vec<[String; 5]> = frames.iter().flat_map(|f| trade_text_fields(f)).collect();
+    ws_uuids.reverse();
+    ws_fields.reverse();
     let mut http = Http::connect(&sim);
     let r = http.get("/v1/trades/BITSTAMP_SPOT_BTC_USD/latest?limit=100", Some(KEY));
     assert_eq!(r.status, 200);
-    let rest: Vec<String> =
-        json(&r.body).as_array().expect("array").iter().filter_map(|t| t["uuid"].as_str().map(String::from)).collect();
-    let last = ws_uuids.last().expect("trades");
-    assert!(rest.contains(last), "{last} not in {rest:?}");
-    assert!(rest.iter().filter(|u| ws_uuids.contains(u)).count() >= 5);
-    assert!(rest.iter().any(|u| !ws_uuids.contains(u)), "new trades present");
+    let rest: Vec<String> = raw_values(&r.body, "uuid").iter().map(|u| u.trim_matches('"').to_string()).collect();
+    assert_eq!(rest, ws_uuids);
+    assert_eq!(trade_text_fields(&r.body), ws_fields);
+    let r = http.get("/v1/trades/BITSTAMP_SPOT_BTC_USD/latest?limit=5", Some(KEY));
+    let rest: Vec<String> = raw_values(&r.body, "uuid").iter().map(|u| u.trim_matches('"').to_string()).collect();
+    assert_eq!(rest, ws_uuids[..5]);
+    let r = http.get("/v1/trades/KRAKEN_SPOT_XRP_EUR/latest", Some(KEY));
+    assert_eq!((r.status, r.body.as_str()), (200, "[]"), "a symbol nobody streamed has no trades");
 }
 
 /// REST faults apply in order to one request each: 429 with Retry-After, garbage, slow.

@@ -18,6 +18,28 @@
 //! 20 ms send timeout, so a stalled reader costs no CPU and shutdown is still noticed within a
 //! tick. Flood mode splices sequence numbers into pre-generated templates and writes 256 KiB per
 //! syscall; paced mode generates what is due each millisecond from the elapsed time (no drift).
+//!
+//! # Trades go to the store
+//!
+//! Every trade a connection generates is added to a per-connection [`TradeBatch`] and moved to
+//! the shared trade store once per generation step (one lock per symbol per batch): sent trades
+//! as streamed, `WithholdTrades` trades (generated in their turn, sequence taken, not written)
+//! as not streamed. Flood mode stores runs of replayed templates, so storing costs a compare
+//! per trade. `DuplicateTrade` resends an already stored trade and stores nothing.
+//!
+//! # Outages
+//!
+//! [`Sim::outage`](super::Sim::outage) bumps an epoch that every connection checks once per loop
+//! pass. A connection admitted under an older epoch measures its trade cadence over the last
+//! second ([`Cadence`]), ends like `AbruptClose`, logs `WsClosed`, and then keeps generating its
+//! trade streams into the store (not streamed) at that cadence until the outage is over, with
+//! exchange times spread evenly over it. Upgrades arriving during the outage get HTTP 503.
+//!
+//! # Book resubscription
+//!
+//! A `book` or `book_l3` stream that was taken out of the scope (unsubscribe, or a hello without
+//! it) and is put back starts over at sequence 1 with a snapshot, as CoinAPI does; other streams
+//! keep their numbering for the life of the connection.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -37,6 +59,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
 use super::gen::{self, Clock, DataType, StreamGen};
+use super::market::TradeBatch;
 use super::{describe, EventKind, Shared, WsFault};
 
 /// How often the accept loop checks the stop flag when no connection arrives.
@@ -51,6 +74,20 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Data generated per batch: big enough for few syscalls in flood mode, small enough that
 /// faults and client frames are handled promptly (a few hundred microseconds per batch).
 const BATCH_BYTES: usize = 256 * 1024;
+/// Messages generated per batch at most: withheld trades write no bytes, so `BATCH_BYTES`
+/// alone would not end a batch of them (a flood batch of real frames is about 1,000).
+const BATCH_MESSAGES_MAX: u64 = 8192;
+/// Trades per second at most that one connection generates during an outage: the rate at which
+/// the simulator itself stops building messages fresh (`RING_MODE_MIN_RATE`), so an outage of a
+/// flooding connection does not spin a core on trades nobody will stream.
+const OUTAGE_TRADES_PER_SEC_MAX: f64 = 20_000.0;
+/// How often a connection dropped by an outage generates what is due.
+const OUTAGE_TICK: Duration = Duration::from_millis(5);
+/// Spacing of the samples of a connection's trade cadence, and how far back it looks.
+const CADENCE_STEP: Duration = Duration::from_millis(100);
+const CADENCE_WINDOW: Duration = Duration::from_secs(1);
+/// One second of samples plus the newest.
+const CADENCE_SAMPLES: usize = 11;
 /// Sleep when a loop pass did nothing; also the pacing granularity of rate mode.
 const IDLE_SLEEP: Duration = Duration::from_millis(1);
 /// How long a closing connection may spend flushing and waiting for the client's close reply.
@@ -71,11 +108,26 @@ const RING_MODE_MIN_RATE: u64 = 20_000;
 
 const HEARTBEAT_TEXT: &str = r#"{"type":"hearbeat"}"#;
 
+/// How the accept loop lets a connection in.
+#[derive(Debug)]
+enum Admission {
+    /// Served, with the upgrade fault it took (if any), under this outage epoch.
+    Open { fault: Option<WsFault>, outage_epoch: u64 },
+    /// An outage is on: the upgrade is answered with 503. Upgrade faults stay queued.
+    Outage,
+}
+
 pub(crate) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     super::accept_connections(listener, &shared, "websocket", MAX_CONNECTIONS, ACCEPT_POLL, |tcp, id| {
-        let accept_fault = shared.faults.lock().take_accept_fault();
+        // The epoch is read before the outage is checked: see `Outage::begin`.
+        let outage_epoch = shared.outage.epoch();
+        let admission = if shared.outage.active(Instant::now()) {
+            Admission::Outage
+        } else {
+            Admission::Open { fault: shared.faults.lock().take_accept_fault(), outage_epoch }
+        };
         let conn_shared = Arc::clone(&shared);
-        thread::Builder::new().name(format!("sim-ws-{id}")).spawn(move || serve(conn_shared, tcp, id, accept_fault))
+        thread::Builder::new().name(format!("sim-ws-{id}")).spawn(move || serve(conn_shared, tcp, id, admission))
     });
 }
 
@@ -169,9 +221,9 @@ fn ws_config() -> WebSocketConfig {
         .accept_unmasked_frames(false)
 }
 
-fn refusal(status: u16, retry_after_ms: Option<u64>) -> ErrorResponse {
+fn refusal(status: u16, retry_after_ms: Option<u64>, why: &str) -> ErrorResponse {
     let mut resp =
-        ErrorResponse::new(Some(format!("{{\"error\":\"upgrade refused by simulator fault (status {status})\"}}")));
+        ErrorResponse::new(Some(format!("{{\"error\":\"upgrade refused by simulator {why} (status {status})\"}}")));
     *resp.status_mut() = StatusCode::from_u16(status)
         .ok()
         .filter(|s| !s.is_success() && !s.is_informational())
@@ -191,7 +243,7 @@ enum Upgrade {
     Failed(String),
 }
 
-fn upgrade(shared: &Shared, tcp: TcpStream, refuse: Option<(u16, Option<u64>)>) -> Upgrade {
+fn upgrade(shared: &Shared, tcp: TcpStream, refuse: Option<(u16, Option<u64>, &str)>) -> Upgrade {
     let captured: std::cell::RefCell<Option<UpgradeRequest>> = std::cell::RefCell::new(None);
     // The callback's signature is tungstenite's `Callback`; its error type is not ours to box.
     #[allow(clippy::result_large_err)]
@@ -203,7 +255,7 @@ fn upgrade(shared: &Shared, tcp: TcpStream, refuse: Option<(u16, Option<u64>)>) 
             .collect();
         *captured.borrow_mut() = Some((req.uri().to_string(), headers));
         match refuse {
-            Some((status, retry)) => Err(refusal(status, retry)),
+            Some((status, retry, why)) => Err(refusal(status, retry, why)),
             None => Ok(resp),
         }
     };
@@ -235,7 +287,7 @@ fn upgrade(shared: &Shared, tcp: TcpStream, refuse: Option<(u16, Option<u64>)>) 
     }
 }
 
-fn serve(shared: Arc<Shared>, tcp: TcpStream, id: u64, accept_fault: Option<WsFault>) {
+fn serve(shared: Arc<Shared>, tcp: TcpStream, id: u64, admission: Admission) {
     let setup = tcp
         .set_nonblocking(false)
         .and_then(|()| tcp.set_nodelay(true))
@@ -245,7 +297,10 @@ fn serve(shared: Arc<Shared>, tcp: TcpStream, id: u64, accept_fault: Option<WsFa
         shared.log(id, EventKind::WsClosed { reason: format!("socket setup failed: {e}") });
         return;
     }
-    let mut refuse = None;
+    let (accept_fault, outage_epoch, mut refuse) = match admission {
+        Admission::Open { fault, outage_epoch } => (fault, outage_epoch, None),
+        Admission::Outage => (None, 0, Some((503, None, "outage"))),
+    };
     if let Some(fault) = accept_fault {
         shared.log(id, EventKind::FaultApplied { fault: describe(&fault) });
         match fault {
@@ -255,7 +310,7 @@ fn serve(shared: Arc<Shared>, tcp: TcpStream, id: u64, accept_fault: Option<WsFa
                 shared.log(id, EventKind::WsClosed { reason: format!("hung upgrade ended: {reason}") });
                 return;
             }
-            WsFault::RefuseUpgrade { status, retry_after_ms } => refuse = Some((status, retry_after_ms)),
+            WsFault::RefuseUpgrade { status, retry_after_ms } => refuse = Some((status, retry_after_ms, "fault")),
             _ => {}
         }
     }
@@ -274,10 +329,13 @@ fn serve(shared: Arc<Shared>, tcp: TcpStream, id: u64, accept_fault: Option<WsFa
     // `WsConnected` reaches this connection.
     let faults = shared.faults.lock().register(id);
     shared.log(id, EventKind::WsConnected { path, headers });
-    let mut conn = Conn::new(Arc::clone(&shared), id, ws, faults);
+    let mut conn = Conn::new(Arc::clone(&shared), id, ws, faults, outage_epoch);
     let reason = conn.run();
     shared.faults.lock().deregister(id);
     shared.log(id, EventKind::WsClosed { reason });
+    if let Some(rate) = conn.outage_rate.take() {
+        conn.run_outage(rate);
+    }
 }
 
 /// Data frames written by one generation step, committed to the counters once the socket has
@@ -325,7 +383,8 @@ struct Conn {
     ws: Box<WebSocket<SimStream>>,
     faults: Arc<Mutex<VecDeque<WsFault>>>,
     rng: fastrand::Rng,
-    /// Every stream this connection ever served: sequences survive unsubscribe/subscribe.
+    /// Every stream this connection ever served: sequences survive unsubscribe/subscribe,
+    /// except those of `book` and `book_l3`, which restart (see the module docs).
     gens: Vec<StreamGen>,
     by_key: HashMap<StreamKey, usize>,
     /// Indices into `gens` of the subscribed streams, in round-robin order.
@@ -346,10 +405,28 @@ struct Conn {
     pace: Option<(Instant, u64)>,
     batches: VecDeque<Batch>,
     last_trade_stream: Option<usize>,
+    /// Trades generated since the last flush to the trade store.
+    trades: TradeBatch,
+    /// `WithholdTrades` windows: (symbol index, end). A handful at most; empty but in tests.
+    withhold: Vec<(usize, Instant)>,
+    /// Trades generated (sent or withheld) on this connection, and their recent rate.
+    trades_generated: u64,
+    cadence: Cadence,
+    /// The outage epoch this connection was admitted under.
+    outage_epoch: u64,
+    /// Set when an outage dropped this connection: trades per second to go on generating.
+    outage_rate: Option<f64>,
 }
 
 impl Conn {
-    fn new(shared: Arc<Shared>, id: u64, ws: Box<WebSocket<SimStream>>, faults: Arc<Mutex<VecDeque<WsFault>>>) -> Conn {
+    fn new(
+        shared: Arc<Shared>,
+        id: u64,
+        ws: Box<WebSocket<SimStream>>,
+        faults: Arc<Mutex<VecDeque<WsFault>>>,
+        outage_epoch: u64,
+    ) -> Conn {
+        let trades = TradeBatch::new(shared.symbols.len());
         let mut conn = Conn {
             id,
             shared,
@@ -372,6 +449,12 @@ impl Conn {
             pace: None,
             batches: VecDeque::new(),
             last_trade_stream: None,
+            trades,
+            withhold: Vec::new(),
+            trades_generated: 0,
+            cadence: Cadence::default(),
+            outage_epoch,
+            outage_rate: None,
         };
         conn.ws.get_mut().upgraded = true;
         conn
@@ -387,6 +470,10 @@ impl Conn {
             if self.shared.stopping() {
                 self.close_for_shutdown();
                 return "shutdown".to_string();
+            }
+            if self.ending.is_none() && self.shared.outage.epoch() != self.outage_epoch {
+                self.outage_rate = Some(self.outage_trade_rate(Instant::now()));
+                self.end_with(EndAction::Abrupt, "outage: connection dropped");
             }
             let mut progressed = false;
             match self.read_client() {
@@ -515,9 +602,14 @@ impl Conn {
         let keys = self.streams_named(msg);
         match kind {
             "hello" => {
-                self.active.clear();
+                let before = std::mem::take(&mut self.active);
                 for key in keys {
+                    let existed = self.by_key.contains_key(&key);
                     let i = self.gen_index(key);
+                    if existed && !before.contains(&i) {
+                        // Back in scope: a book starts over (sequence 1, snapshot).
+                        self.gens[i].restart();
+                    }
                     self.gens[i].request_snapshot();
                     self.active.push(i);
                 }
@@ -528,12 +620,17 @@ impl Conn {
             }
             "subscribe" => {
                 for key in keys {
+                    let existed = self.by_key.contains_key(&key);
                     let i = self.gen_index(key);
-                    // Resubscribing a book yields a fresh snapshot.
-                    self.gens[i].request_snapshot();
                     if !self.active.contains(&i) {
+                        if existed {
+                            // Unsubscribed before: a book starts over (sequence 1, snapshot).
+                            self.gens[i].restart();
+                        }
                         self.active.push(i);
                     }
+                    // Resubscribing a book yields a fresh snapshot.
+                    self.gens[i].request_snapshot();
                 }
             }
             _ => {
@@ -631,22 +728,40 @@ impl Conn {
         if want == 0 {
             return 0;
         }
+        if !self.withhold.is_empty() {
+            let now = Instant::now();
+            self.withhold.retain(|(_, until)| now < *until);
+        }
         let record = cfg.record_sent && self.shared.sent.has_room();
         let mut records = Vec::new();
         let out = &mut self.ws.get_mut().out;
-        let mut n = 0u64;
-        while n < want && out.len() < BATCH_BYTES {
+        // Messages generated (for pacing), frames written, trades withheld, trades sent.
+        let (mut n, mut sent, mut withheld, mut trades) = (0u64, 0u64, 0u64, 0u64);
+        while n < want && out.len() < BATCH_BYTES && n < BATCH_MESSAGES_MAX {
             let gi = self.active[self.rr];
             self.rr += 1;
             if self.rr == self.active.len() {
                 self.rr = 0;
             }
             let g = &mut self.gens[gi];
+            let is_trade = g.kind == DataType::Trade;
+            let symbol = g.symbol().index;
+            n += 1;
+            // Empty but in withholding tests, so the flood path pays one branch.
+            if is_trade && !self.withhold.is_empty() && self.withhold.iter().any(|(s, _)| *s == symbol) {
+                let e = g.withhold(CLOCK);
+                if let Some(ring) = g.ring_trades() {
+                    self.trades.push_ring(symbol, ring, e.pos, e.seq, false);
+                }
+                withheld += 1;
+                continue;
+            }
             // The map is empty but in gap tests, so the flood path pays one branch.
             let aimed = if self.gap_on.is_empty() { 0 } else { self.gap_on.get(&g.symbol().id).copied().unwrap_or(0) };
             let emitted = g.emit(out, self.gap_pending + aimed, CLOCK);
             if emitted.sequenced {
-                if self.gap_pending + aimed > 0 {
+                let after_withheld = is_trade && g.take_withheld_gap();
+                if self.gap_pending + aimed > 0 || after_withheld {
                     self.shared.gaps_emitted.fetch_add(1, Ordering::Relaxed);
                 }
                 self.gap_pending = 0;
@@ -657,30 +772,31 @@ impl Conn {
             if record {
                 records.push(String::from_utf8_lossy(&out[emitted.start..]).into_owned());
             }
-            if g.kind == DataType::Trade {
+            if is_trade {
+                if let Some(ring) = g.ring_trades() {
+                    self.trades.push_ring(symbol, ring, emitted.pos, emitted.seq, true);
+                }
                 self.last_trade_stream = Some(gi);
+                trades += 1;
             }
-            n += 1;
+            sent += 1;
         }
-        self.batches.push_back(Batch { end: out.len(), frames: n, records });
+        let now = Instant::now();
+        if sent > 0 {
+            self.batches.push_back(Batch { end: out.len(), frames: sent, records });
+            self.last_frame_at = now;
+        }
         if let Some((_, done)) = &mut self.pace {
             *done += n;
         }
-        self.data_count += n;
-        self.last_frame_at = Instant::now();
-        self.publish_trades();
-        n
-    }
-
-    /// Hands the trades just generated to the REST overlap.
-    fn publish_trades(&mut self) {
-        for &gi in &self.active {
-            let g = &mut self.gens[gi];
-            if g.kind == DataType::Trade && g.has_unpublished_trades() {
-                let trades = g.take_unpublished_trades();
-                self.shared.publish_trades(&g.symbol().id, trades);
-            }
+        self.data_count += sent;
+        if withheld > 0 {
+            self.shared.withheld_trades.fetch_add(withheld, Ordering::Relaxed);
         }
+        self.trades_generated += trades + withheld;
+        self.cadence.note(now, self.trades_generated);
+        self.shared.trades.append(&mut self.trades);
+        n
     }
 
     /// Counts (and records) the data frames the socket has fully taken.
@@ -731,7 +847,8 @@ impl Conn {
     }
 
     /// A data frame produced by a fault: counted and recorded like generated data.
-    fn push_fault_data(&mut self, start: usize) {
+    /// `after_withheld`: the trade stream had withheld trades, so this frame shows their gap.
+    fn push_fault_data(&mut self, start: usize, after_withheld: bool) {
         let out = &self.ws.get_ref().out;
         let records = if self.shared.config.record_sent && self.shared.sent.has_room() {
             vec![String::from_utf8_lossy(&out[start..]).into_owned()]
@@ -740,12 +857,11 @@ impl Conn {
         };
         self.batches.push_back(Batch { end: out.len(), frames: 1, records });
         self.data_count += 1;
-        if self.gap_pending > 0 {
+        if self.gap_pending > 0 || after_withheld {
             self.shared.gaps_emitted.fetch_add(1, Ordering::Relaxed);
-            self.gap_pending = 0;
         }
+        self.gap_pending = 0;
         self.last_frame_at = Instant::now();
-        self.publish_trades();
     }
 
     fn end_with(&mut self, action: EndAction, reason: &str) {
@@ -807,9 +923,14 @@ impl Conn {
                     .or_else(|| self.active.iter().copied().find(|&i| self.gens[i].kind == DataType::Trade))
                     .unwrap_or_else(|| self.gen_index((DataType::Trade, 0)));
                 let out = &mut self.ws.get_mut().out;
-                let emitted = self.gens[gi].oversized_trade(out, self.gap_pending, bytes, CLOCK());
+                let (emitted, uuid, fields) = self.gens[gi].oversized_trade(out, self.gap_pending, bytes, CLOCK());
+                let symbol = self.gens[gi].symbol().index;
+                self.trades.push_single(symbol, uuid, &fields, true);
+                self.shared.trades.append(&mut self.trades);
+                self.trades_generated += 1;
                 self.last_trade_stream = Some(gi);
-                self.push_fault_data(emitted.start);
+                let after_withheld = self.gens[gi].take_withheld_gap();
+                self.push_fault_data(emitted.start, after_withheld);
             }
             WsFault::DuplicateTrade => {
                 let Some(gi) = self.last_trade_stream else {
@@ -818,11 +939,85 @@ impl Conn {
                 };
                 let out = &mut self.ws.get_mut().out;
                 if let Some(emitted) = self.gens[gi].duplicate_last_trade(out, self.gap_pending) {
-                    self.push_fault_data(emitted.start);
+                    let after_withheld = self.gens[gi].take_withheld_gap();
+                    self.push_fault_data(emitted.start, after_withheld);
+                }
+            }
+            WsFault::WithholdTrades { symbol_id, duration } => {
+                let Some(symbol) = self.shared.symbol(&symbol_id).map(|s| s.index) else {
+                    log::warn!("sim WithholdTrades ignored on connection {}: unknown symbol {symbol_id}", self.id);
+                    return;
+                };
+                let until = super::instant_after(duration);
+                match self.withhold.iter_mut().find(|(s, _)| *s == symbol) {
+                    Some((_, end)) => *end = (*end).max(until),
+                    None => self.withhold.push((symbol, until)),
                 }
             }
             // Routed to the accept loop by `FaultHub::inject`.
             WsFault::RefuseUpgrade { .. } | WsFault::HangUpgrade => {}
+        }
+    }
+
+    /// The trade rate to keep up during an outage: what this connection generated over about
+    /// its last second, or (less than 100 ms of history) its share of `rate_per_sec`; at most
+    /// `OUTAGE_TRADES_PER_SEC_MAX`.
+    fn outage_trade_rate(&self, now: Instant) -> f64 {
+        let trade_streams = self.active.iter().filter(|&&i| self.gens[i].kind == DataType::Trade).count();
+        if !self.hello_seen || trade_streams == 0 {
+            return 0.0;
+        }
+        let rate = self.cadence.per_sec(now, self.trades_generated).unwrap_or_else(|| {
+            let configured = self.shared.config.rate_per_sec;
+            if configured == 0 {
+                OUTAGE_TRADES_PER_SEC_MAX
+            } else {
+                configured as f64 * trade_streams as f64 / self.active.len() as f64
+            }
+        });
+        rate.min(OUTAGE_TRADES_PER_SEC_MAX)
+    }
+
+    /// After an outage dropped this connection: generates its trade streams (round robin) into
+    /// the store, not streamed, `rate` trades per second, until the outage ends or the
+    /// simulator stops. Exchange times follow the schedule (one trade every `1/rate` seconds
+    /// from the start), not the moments this thread happens to wake up.
+    fn run_outage(&mut self, rate: f64) {
+        let streams: Vec<usize> =
+            self.active.iter().copied().filter(|&i| self.gens[i].kind == DataType::Trade).collect();
+        if streams.is_empty() || rate.is_nan() || rate <= 0.0 {
+            return;
+        }
+        let started = Instant::now();
+        let wall_start = OffsetDateTime::now_utc();
+        let mut done: u64 = 0;
+        let mut rr = 0;
+        while !self.shared.stopping() {
+            let now = Instant::now();
+            let horizon = match self.shared.outage.until() {
+                Some(until) => now.min(until),
+                None => now,
+            };
+            let due = (horizon.saturating_duration_since(started).as_secs_f64() * rate) as u64;
+            let mut n = 0;
+            while done < due && n < BATCH_MESSAGES_MAX {
+                let gi = streams[rr];
+                rr = (rr + 1) % streams.len();
+                // `as` saturates: no overflow whatever the rate.
+                let offset = time::Duration::nanoseconds((done as f64 * 1e9 / rate) as i64);
+                let at = wall_start.checked_add(offset).unwrap_or(wall_start);
+                let g = &mut self.gens[gi];
+                let (uuid, fields) = g.outage_trade(at);
+                self.trades.push_single(g.symbol().index, uuid, &fields, false);
+                done += 1;
+                n += 1;
+            }
+            self.shared.trades.append(&mut self.trades);
+            self.shared.outage_trades.fetch_add(n, Ordering::Relaxed);
+            if n < BATCH_MESSAGES_MAX && !self.shared.outage.active(now) {
+                return;
+            }
+            thread::sleep(OUTAGE_TICK);
         }
     }
 
@@ -869,6 +1064,41 @@ impl Conn {
     }
 }
 
+/// A connection's recent trade rate: samples of its running trade count, one per
+/// `CADENCE_STEP` at most, the last `CADENCE_SAMPLES` kept. Pure: time is passed in.
+#[derive(Debug, Default)]
+struct Cadence {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl Cadence {
+    fn note(&mut self, now: Instant, total: u64) {
+        if self.samples.back().is_some_and(|(at, _)| now.saturating_duration_since(*at) < CADENCE_STEP) {
+            return;
+        }
+        if self.samples.len() == CADENCE_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((now, total));
+    }
+
+    /// Trades per second from the newest sample at least `CADENCE_WINDOW` old (or the oldest)
+    /// to `now`, when that spans at least `CADENCE_STEP`.
+    fn per_sec(&self, now: Instant, total: u64) -> Option<f64> {
+        let (at, count) = self
+            .samples
+            .iter()
+            .rev()
+            .find(|(at, _)| now.saturating_duration_since(*at) >= CADENCE_WINDOW)
+            .or(self.samples.front())?;
+        let span = now.saturating_duration_since(*at);
+        if span < CADENCE_STEP {
+            return None;
+        }
+        Some(total.saturating_sub(*count) as f64 / span.as_secs_f64())
+    }
+}
+
 /// The strings of a JSON array field (missing or malformed = empty).
 fn str_list<'a>(msg: &'a Map<String, Value>, field: &str) -> Vec<&'a str> {
     msg.get(field).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
@@ -886,7 +1116,37 @@ pub(crate) fn symbol_matches(filter: &[&str], id: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::symbol_matches;
+    use super::*;
+
+    /// The cadence is the rate over about the last second, ignores samples closer than a step,
+    /// and knows nothing until a step of history exists.
+    #[test]
+    fn cadence_measures_the_last_second() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut c = Cadence::default();
+        assert_eq!(c.per_sec(at(0), 0), None);
+        c.note(at(0), 0);
+        assert_eq!(c.per_sec(at(50), 10), None);
+        c.note(at(50), 10);
+        assert_eq!(c.samples.len(), 1, "a sample within a step is ignored");
+        // 100 trades/s for 3 s, then 1000 trades/s for the last second.
+        let mut total = 0;
+        for ms in (100..=3000).step_by(100) {
+            total += 10;
+            c.note(at(ms), total);
+        }
+        for ms in (3100..=4000).step_by(100) {
+            total += 100;
+            c.note(at(ms), total);
+        }
+        let rate = c.per_sec(at(4000), total).expect("history");
+        assert!((rate - 1000.0).abs() < 1.0, "{rate}");
+        assert!(c.samples.len() <= CADENCE_SAMPLES);
+        // Silence since: the rate falls.
+        let later = c.per_sec(at(6000), total).expect("history");
+        assert!(later < 400.0, "{later}");
+    }
 
     #[test]
     fn symbol_filter_prefix_exact_and_empty() {
