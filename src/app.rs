@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use crate::config::limits::WRITER_QUEUE_PER_PRODUCER;
 use crate::config::Config;
 use crate::ingest::{Reader, ReaderExit};
-use crate::lanes::{Lanes, WorkerInput};
+use crate::lanes::{self, Budget, Resyncs};
 use crate::metrics::{proc, text, Metrics, Snapshot};
 use crate::output::ndjson::Batch;
 use crate::output::writer::{self, WriterExit};
@@ -72,10 +72,12 @@ pub fn run<W: Write + Send + 'static>(
     let rest = RestClient::new(&config.recovery);
     let rest_agent = rest.agent();
     let (done_tx, done_rx) = crossbeam_channel::bounded::<Outcome>(1);
+    let budget = Arc::new(Budget::new(config.pipeline.buffer_bytes, config.pipeline.n_workers));
     let pipeline = {
         let (config, shutdown, metrics) = (Arc::clone(&config), Arc::clone(&shutdown), Arc::clone(&metrics));
+        let budget = Arc::clone(&budget);
         thread::Builder::new().name("pipeline".into()).spawn(move || {
-            let outcome = run_threads(&config, &shutdown, &metrics, rest, out);
+            let outcome = run_threads(&config, &shutdown, &metrics, &budget, rest, out);
             let _ = done_tx.send(outcome);
         })
     };
@@ -88,6 +90,7 @@ pub fn run<W: Write + Send + 'static>(
     let mut prev = metrics.snapshot();
     let mut prev_at = started;
     let mut stop_deadline: Option<Instant> = None;
+    let mut memory = MemoryReturn::default();
     let pc = &config.pipeline;
     let outcome = loop {
         match done_rx.recv_timeout(SUPERVISOR_TICK) {
@@ -117,13 +120,14 @@ pub fn run<W: Write + Send + 'static>(
             }
             _ => {}
         }
+        memory.watch(budget.used(), &metrics);
         if let Some(interval) = pc.health_interval {
             if now.duration_since(prev_at) >= interval {
                 let snap = metrics.snapshot();
                 let depths = metrics.queue_depths();
-                let memory = proc::memory_kib();
-                let line =
-                    text::health_line(&snap, &prev, now.duration_since(prev_at), &depths, pc.queue_capacity, memory);
+                let queues =
+                    text::Queues { depths: &depths, cap: pc.queue_capacity, buffer: (budget.used(), budget.max()) };
+                let line = text::health_line(&snap, &prev, now.duration_since(prev_at), &queues, proc::memory_kib());
                 log::info!("{line}");
                 prev = snap;
                 prev_at = now;
@@ -135,6 +139,35 @@ pub fn run<W: Write + Send + 'static>(
     outcome
 }
 
+/// Gives the memory of a drained stall back to the OS. Queued frames are many small
+/// allocations; once freed, the allocator keeps their pages for reuse, so after one stall the
+/// process would sit at its peak for good (an operator would call that the original leak). When
+/// the buffer has been above `MEMORY_RETURN_ABOVE` and is back under `MEMORY_RETURN_BELOW`, the
+/// free pages go back (`proc::return_free_memory`), once per stall.
+#[derive(Debug, Default)]
+struct MemoryReturn {
+    armed: bool,
+}
+
+/// A stall whose buffer grew past this is worth giving back.
+const MEMORY_RETURN_ABOVE: u64 = 4 << 20;
+/// ...once the buffer has drained below this.
+const MEMORY_RETURN_BELOW: u64 = 1 << 20;
+
+impl MemoryReturn {
+    fn watch(&mut self, buffer_used: u64, metrics: &Metrics) {
+        if buffer_used > MEMORY_RETURN_ABOVE {
+            self.armed = true;
+        } else if self.armed && buffer_used < MEMORY_RETURN_BELOW {
+            self.armed = false;
+            let started = Instant::now();
+            proc::return_free_memory();
+            metrics.memory_returns.add(1);
+            log::debug!("buffer drained: free memory returned to the OS in {} µs", started.elapsed().as_micros());
+        }
+    }
+}
+
 fn summary(snap: &Snapshot, started: Instant, metrics: &Metrics) -> String {
     text::summary_line(snap, started.elapsed(), &metrics.top_drops(SUMMARY_TOP_DROPS), proc::memory_kib())
 }
@@ -144,14 +177,14 @@ fn run_threads<W: Write + Send>(
     config: &Config,
     shutdown: &Shutdown,
     metrics: &Metrics,
+    budget: &Budget,
     rest: RestClient,
     out: W,
 ) -> Outcome {
     let pc = &config.pipeline;
     let n = pc.n_workers;
     let (writer_tx, writer_rx) = crossbeam_channel::bounded::<Batch>((n + 1) * WRITER_QUEUE_PER_PRODUCER);
-    let (worker_txs, worker_rxs): (Vec<_>, Vec<_>) =
-        (0..n).map(|_| crossbeam_channel::bounded::<WorkerInput>(pc.queue_capacity)).unzip();
+    let (lanes, recovery_lanes, worker_rxs) = lanes::worker_queues(budget, pc.queue_capacity, pc.queue_wait, metrics);
     let recovery_handle = RecoveryHandle::new(&config.recovery, Instant::now());
     let recovery_handle = &recovery_handle;
     let limits = TableLimits {
@@ -160,6 +193,8 @@ fn run_threads<W: Write + Send>(
     };
     let failure: Failure = Mutex::new(None);
     let failure = &failure;
+    let resyncs = Resyncs::new(config.limits.symbols_total);
+    let resyncs = &resyncs;
 
     let (reader_exit, writer_exit) = thread::scope(|s| {
         let writer =
@@ -170,15 +205,14 @@ fn run_threads<W: Write + Send>(
             .map(|(id, rx)| {
                 let tx = writer_tx.clone();
                 spawn(s, format!("worker-{id}"), failure, shutdown, move || {
-                    Worker::new(id, limits, metrics).with_recovery(recovery_handle).run(rx, tx)
+                    Worker::new(id, limits, metrics).with_recovery(recovery_handle, resyncs).run(rx, tx, budget)
                 })
             })
             .collect();
-        let recovery = Recovery { handle: recovery_handle, client: rest, lanes: worker_txs.clone(), metrics, shutdown };
+        let recovery = Recovery { handle: recovery_handle, client: rest, lanes: recovery_lanes, metrics, shutdown };
         let recovery = spawn(s, "recovery".into(), failure, shutdown, move || recovery.run());
-        let lanes = Lanes::new(worker_txs, pc.queue_capacity, pc.queue_wait, metrics);
         let reader = spawn(s, "reader".into(), failure, shutdown, move || {
-            let exit = Reader::new(&config.ingest, metrics, shutdown, lanes, writer_tx).run();
+            let exit = Reader::new(&config.ingest, metrics, shutdown, lanes, writer_tx, resyncs).run();
             // Whatever ended the reader ends the run: the recovery thread must let go of the
             // workers' channels too.
             shutdown.request();

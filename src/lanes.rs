@@ -1,15 +1,18 @@
 //! The pipeline's inter-thread vocabulary, in one leaf module: what travels from the reader and
 //! the recovery thread to the workers (`Frame`, `WorkerInput`, `RecoveryKey`, `RecoveryResult`),
-//! how a symbol picks its worker (`route`), and the reader's side of the hand-off (`Lanes`: one
-//! bounded channel per worker, with the shedding state that keeps the reader reading).
+//! how a symbol picks its worker (`route`), and the hand-off to the workers: one queue per worker,
+//! all bounded together by one memory budget (`Budget`, `--buffer-mib`), with the reader's side
+//! (`Lanes`, with the shedding state that keeps the reader reading) and the recovery thread's side
+//! (`RecoveryLanes`). `worker_queues` creates them; `app` calls it, and creates every other
+//! channel between pipeline threads.
 //!
 //! Thread rooms import this module and never each other, so no import circle can form between
-//! them. The channels themselves are created in `app`, the only place that creates channels
-//! between pipeline threads.
+//! them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
@@ -47,34 +50,139 @@ pub enum WorkerInput {
     },
 }
 
-/// What to recover: one data type of one symbol. Two gaps on the same key need one request.
+/// What to recover: one data type of one symbol, and for trades the gap's time window. Two gaps
+/// of a state (quote, OHLCV) on the same key need one request; every trade gap has its window.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RecoveryKey {
     pub symbol_id: String,
     pub data_type: DataType,
+    pub window: Option<TradeWindow>,
+}
+
+impl RecoveryKey {
+    /// The key of a state stream (or of trades without a known time: their latest page).
+    pub fn state(symbol_id: &str, data_type: DataType) -> RecoveryKey {
+        RecoveryKey { symbol_id: symbol_id.to_string(), data_type, window: None }
+    }
+}
+
+/// A trade gap's window in exchange time, `[start_ns, end_ns)` (Unix ns), as the worker that owns
+/// the symbol opened it (`id`), and the start of the page to ask for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TradeWindow {
+    pub id: u64,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub page_from_ns: i64,
 }
 
 /// What the recovery thread did for one key.
 #[derive(Debug)]
 pub enum RecoveryResult {
-    /// Records fetched over REST (oldest first; empty when CoinAPI had no data).
-    Recovered {
-        key: RecoveryKey,
-        records: Vec<Box<RawValue>>,
-        recv_unix_ns: i128,
-    },
-    Failed {
-        key: RecoveryKey,
-        attempts: u32,
-        error: String,
-        at_unix_ns: i128,
-    },
+    /// Records fetched over REST (oldest first; empty when CoinAPI had no data). `more`: a page
+    /// of a trade window with further pages to come.
+    Recovered { key: RecoveryKey, records: Vec<Box<RawValue>>, recv_unix_ns: i128, more: bool },
+    /// Given up: `attempts` requests failed (the last with `error`), or none could be made.
+    Failed { key: RecoveryKey, attempts: u32, error: String, reason: Unrecovered, at_unix_ns: i128 },
 }
 
 impl RecoveryResult {
     pub fn key(&self) -> &RecoveryKey {
         match self {
             RecoveryResult::Recovered { key, .. } | RecoveryResult::Failed { key, .. } => key,
+        }
+    }
+}
+
+/// Book streams the workers want resubscribed: a gap in a `book` (snapshot + deltas) stream
+/// cannot be repaired over REST (a REST book has no sequence), so the reader unsubscribes and
+/// resubscribes it on the WebSocket and CoinAPI restarts it with a snapshot. Deduplicated and
+/// bounded (`max` streams; a refused one is counted by the caller); the reader drains it at most
+/// one scope message per 2 s.
+#[derive(Debug)]
+pub struct Resyncs {
+    pending: parking_lot::Mutex<Vec<(DataType, String)>>,
+    max: usize,
+    /// Whether `pending` holds anything: read by the reader on every frame without the lock.
+    wanted: std::sync::atomic::AtomicBool,
+}
+
+impl Resyncs {
+    pub fn new(max: usize) -> Resyncs {
+        Resyncs { pending: parking_lot::Mutex::new(Vec::new()), max, wanted: Default::default() }
+    }
+
+    /// Whether any stream waits for its resubscription (a relaxed read, for the reader's loop).
+    pub fn wanted(&self) -> bool {
+        self.wanted.load(Ordering::Relaxed)
+    }
+
+    /// Asks for the stream to be resubscribed; false if the set is full.
+    pub fn request(&self, data_type: DataType, symbol_id: &str) -> bool {
+        let mut pending = self.pending.lock();
+        if pending.iter().any(|(t, s)| *t == data_type && s == symbol_id) {
+            return true;
+        }
+        if pending.len() >= self.max {
+            return false;
+        }
+        pending.push((data_type, symbol_id.to_string()));
+        self.wanted.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Takes up to `n` of the requested streams, oldest first.
+    pub fn take(&self, n: usize) -> Vec<(DataType, String)> {
+        let mut pending = self.pending.lock();
+        let n = n.min(pending.len());
+        let taken = pending.drain(..n).collect();
+        self.wanted.store(!pending.is_empty(), Ordering::Relaxed);
+        taken
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.lock().is_empty()
+    }
+
+    /// A new connection subscribes everything afresh: nothing is left to resubscribe.
+    pub fn clear(&self) {
+        self.pending.lock().clear();
+        self.wanted.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Why what a gap lost did not all come back (`reason` of a `recovery` line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrecovered {
+    /// CoinAPI's history held fewer trades than the sequence numbers said were missing.
+    NoHistory,
+    /// Every attempt failed (5xx, timeout, bad body): see `error`.
+    RestFailed,
+    /// CoinAPI refused the key for REST (401/403: invalid, no privilege or out of credits).
+    RestRefused,
+    /// The `--recovery-budget` for 24 h was spent when the run ended.
+    BudgetSpent,
+    /// Still waiting for its request when the run ended.
+    PendingAtExit,
+    /// The pending set was full (`--recovery-max-pending`).
+    QueueFull,
+    /// The symbol already had the most trade gaps waiting at once.
+    TooManyGaps,
+    /// The result could not be handed to the worker (the buffer stayed full).
+    ResultLost,
+}
+
+impl Unrecovered {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unrecovered::NoHistory => "no_history",
+            Unrecovered::RestFailed => "rest_failed",
+            Unrecovered::RestRefused => "rest_refused",
+            Unrecovered::BudgetSpent => "budget_spent",
+            Unrecovered::PendingAtExit => "pending_at_exit",
+            Unrecovered::QueueFull => "queue_full",
+            Unrecovered::TooManyGaps => "too_many_gaps",
+            Unrecovered::ResultLost => "result_lost",
         }
     }
 }
@@ -90,11 +198,158 @@ pub fn route(symbol_id: &[u8], n_workers: usize) -> usize {
     (h % n_workers as u64) as usize
 }
 
+/// What a queued input costs the buffer beyond its text: its slot in the channel's block, the
+/// allocation headers and the share of a read-buffer chunk's header. Frames are small (a quote is
+/// ~250 bytes), so the overhead is a third of the cost and must be counted.
+pub const INPUT_OVERHEAD_BYTES: u64 = std::mem::size_of::<WorkerInput>() as u64 + 48;
+
+impl WorkerInput {
+    /// Bytes this input holds while it waits in a worker's queue: what the buffer charges for it
+    /// when it is sent and releases when it has been handled (the same number both sides).
+    pub fn cost(&self) -> u64 {
+        INPUT_OVERHEAD_BYTES
+            + match self {
+                WorkerInput::Frame(frame) => frame.text.len() as u64,
+                WorkerInput::Recovery(RecoveryResult::Recovered { records, .. }) => {
+                    records.iter().map(|r| r.get().len() as u64 + 16).sum()
+                }
+                WorkerInput::Recovery(RecoveryResult::Failed { error, .. }) => error.len() as u64,
+                WorkerInput::Connected { .. } | WorkerInput::Tick { .. } => 0,
+            }
+    }
+}
+
+/// A running total on a cache line of its own: written by one thread, read now and then by others.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct PaddedTotal(AtomicU64);
+
+/// The memory budget of every worker queue together (`--buffer-mib`): what bounds the hand-off.
+///
+/// Each side keeps a running total only it writes (the reader what it sent, the recovery thread
+/// what it sent, each worker what it has handled), so the hot path does plain stores on its own
+/// cache line and no read-modify-write is shared between threads. Bytes in use are the sent
+/// totals minus the handled ones; a reader that reads a worker's total late sees more in use, not
+/// less, so the bound holds.
+#[derive(Debug)]
+pub struct Budget {
+    max: u64,
+    reader_sent: PaddedTotal,
+    recovery_sent: PaddedTotal,
+    handled: Box<[PaddedTotal]>,
+}
+
+impl Budget {
+    pub fn new(max_bytes: u64, n_workers: usize) -> Budget {
+        Budget {
+            max: max_bytes,
+            reader_sent: PaddedTotal::default(),
+            recovery_sent: PaddedTotal::default(),
+            handled: (0..n_workers).map(|_| PaddedTotal::default()).collect(),
+        }
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    fn handled_total(&self) -> u64 {
+        self.handled.iter().map(|h| h.0.load(Ordering::Acquire)).sum()
+    }
+
+    /// Bytes queued now (an upper bound: see the type's doc).
+    pub fn used(&self) -> u64 {
+        let handled = self.handled_total();
+        let sent = self.reader_sent.0.load(Ordering::Acquire) + self.recovery_sent.0.load(Ordering::Acquire);
+        sent.saturating_sub(handled)
+    }
+
+    /// Worker `worker` has handled inputs costing `total` bytes since it started.
+    pub fn set_handled(&self, worker: usize, total: u64) {
+        self.handled[worker].0.store(total, Ordering::Release);
+    }
+
+    /// The recovery thread's side: charges `cost` if it fits (or if nothing is queued, so one
+    /// result larger than the whole budget still gets through an empty buffer).
+    fn try_charge_recovery(&self, cost: u64) -> bool {
+        let used = self.used();
+        if used + cost > self.max && used > 0 {
+            return false;
+        }
+        self.recovery_sent.0.fetch_add(cost, Ordering::AcqRel);
+        true
+    }
+}
+
+/// How often a producer waiting for room in the buffer looks again.
+const ROOM_POLL: Duration = Duration::from_millis(1);
+
+/// The recovery thread's way into the workers' queues: waits (bounded) for room in the buffer,
+/// then sends the result to the worker that owns its symbol.
+#[derive(Debug, Clone)]
+pub struct RecoveryLanes<'a> {
+    senders: Vec<Sender<WorkerInput>>,
+    budget: &'a Budget,
+    message_cap: Option<usize>,
+}
+
+/// Why a recovery result could not be handed over.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// The buffer stayed full for the whole wait.
+    Full,
+    /// The worker is gone (the pipeline is ending).
+    Gone,
+}
+
+impl RecoveryLanes<'_> {
+    /// Sends `result` to its symbol's worker once the buffer has room, waiting at most `wait` and
+    /// giving up at once when `stop` says so.
+    pub fn deliver(
+        &self,
+        result: RecoveryResult,
+        wait: Duration,
+        stop: impl Fn() -> bool,
+    ) -> Result<(), DeliveryError> {
+        let lane = &self.senders[route(result.key().symbol_id.as_bytes(), self.senders.len())];
+        let input = WorkerInput::Recovery(result);
+        let cost = input.cost();
+        let deadline = Instant::now() + wait;
+        while self.message_cap.is_some_and(|cap| lane.len() >= cap) || !self.budget.try_charge_recovery(cost) {
+            if stop() || Instant::now() >= deadline {
+                return Err(DeliveryError::Full);
+            }
+            std::thread::sleep(ROOM_POLL);
+        }
+        lane.send(input).map_err(|_| DeliveryError::Gone)
+    }
+}
+
+/// Creates the workers' input queues: one per worker, bounded by `budget` (and by the optional
+/// message cap of `Lanes`). Returns the reader's side, the recovery thread's side and one
+/// receiver per worker. The only place the program creates a worker queue.
+pub fn worker_queues<'a>(
+    budget: &'a Budget,
+    message_cap: Option<usize>,
+    queue_wait: Duration,
+    metrics: &'a Metrics,
+) -> (Lanes<'a>, RecoveryLanes<'a>, Vec<Receiver<WorkerInput>>) {
+    // Each queue is crossbeam's list flavour, whose blocks are allocated as messages arrive and
+    // freed as they are taken: slack costs memory only while it is used. (The array flavour of
+    // `bounded(n)` allocates and touches all n slots at creation, which for a queue that can hold
+    // the whole budget is tens of MiB per worker, resident from the start.) The bound is the
+    // budget: no sender leaves this module, and every send below is charged to it first.
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..budget.handled.len()).map(|_| crossbeam_channel::unbounded::<WorkerInput>()).unzip();
+    let recovery = RecoveryLanes { senders: senders.clone(), budget, message_cap };
+    (Lanes::new(senders, budget, message_cap, queue_wait, metrics), recovery, receivers)
+}
+
 /// What became of one frame handed to `Lanes::dispatch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dispatch {
     Delivered,
-    /// Shed (counted per symbol): its worker's channel stayed full.
+    /// Shed (counted per symbol): the buffer (or the lane's message cap) stayed full.
     Dropped,
     /// Its worker is gone: the pipeline is ending.
     Gone,
@@ -110,24 +365,32 @@ struct Lane {
     announced: bool,
 }
 
-/// The reader's hand-off to the workers. It never blocks on a full channel for longer than
-/// `queue_wait`: past that it sheds the lane's frames (counted per symbol) until the channel has
-/// drained to half its capacity, so pongs keep going out and CoinAPI's server-side buffer never
-/// overflows because of us. Hysteresis keeps a lane from flapping at the edge of full.
+/// The reader's hand-off to the workers. It never blocks for longer than `queue_wait`: when the
+/// buffer (or a lane's optional message cap) is still full after that, it sheds the lane's
+/// frames (counted per symbol) until the buffer has drained to `low_water` (and the lane to half
+/// its cap), so pongs keep going out and CoinAPI's server-side buffer never overflows because of
+/// us. Hysteresis keeps a lane from flapping at the edge of full.
 #[derive(Debug)]
 pub struct Lanes<'a> {
     lanes: Vec<Lane>,
+    budget: &'a Budget,
     metrics: &'a Metrics,
-    capacity: usize,
-    /// Shedding stops once a channel holds at most this many messages.
-    low_water: usize,
+    message_cap: Option<usize>,
+    /// Shedding stops once the buffer holds at most this many bytes.
+    low_water: u64,
     queue_wait: Duration,
+    /// Bytes this reader has sent (the reader's running total of the budget).
+    sent: u64,
+    /// Bytes known free without looking at the workers' totals again: the reader refreshes it
+    /// only when a frame does not fit, so a frame costs no shared read while there is room.
+    known_free: u64,
 }
 
 impl<'a> Lanes<'a> {
-    pub fn new(
+    fn new(
         senders: Vec<Sender<WorkerInput>>,
-        capacity: usize,
+        budget: &'a Budget,
+        message_cap: Option<usize>,
         queue_wait: Duration,
         metrics: &'a Metrics,
     ) -> Lanes<'a> {
@@ -136,7 +399,38 @@ impl<'a> Lanes<'a> {
             .into_iter()
             .map(|tx| Lane { tx, shedding: false, last_shed_warning: None, announced: false })
             .collect();
-        Lanes { lanes, metrics, capacity, low_water: capacity / 2, queue_wait }
+        let low_water = budget.max - budget.max / 8;
+        Lanes { lanes, budget, metrics, message_cap, low_water, queue_wait, sent: 0, known_free: 0 }
+    }
+
+    /// Re-reads what the workers have handled; returns the bytes in use.
+    fn refresh(&mut self) -> u64 {
+        let used = self.budget.used();
+        self.known_free = self.budget.max.saturating_sub(used);
+        used
+    }
+
+    fn lane_full(&self, w: usize) -> bool {
+        self.message_cap.is_some_and(|cap| self.lanes[w].tx.len() >= cap)
+    }
+
+    /// Whether `cost` more bytes fit, refreshing the view of the workers' totals if needed.
+    fn fits(&mut self, cost: u64) -> bool {
+        cost <= self.known_free || {
+            let used = self.refresh();
+            cost <= self.known_free || used == 0
+        }
+    }
+
+    /// Sends `input` to lane `w`, charging the budget (the caller checked for room).
+    fn send(&mut self, w: usize, input: WorkerInput, cost: u64) -> bool {
+        if self.lanes[w].tx.send(input).is_err() {
+            return false;
+        }
+        self.sent += cost;
+        self.known_free = self.known_free.saturating_sub(cost);
+        self.budget.reader_sent.0.store(self.sent, Ordering::Release);
+        true
     }
 
     /// Routes one data frame of connection `generation` to the worker that owns its symbol.
@@ -145,67 +439,83 @@ impl<'a> Lanes<'a> {
     pub fn dispatch(&mut self, text: Utf8Bytes, generation: u64, recv_unix_ns: impl FnOnce() -> i128) -> Dispatch {
         let symbol = wire::scan_field(text.as_bytes(), b"symbol_id").unwrap_or(b"");
         let w = route(symbol, self.lanes.len());
-        let lane = &mut self.lanes[w];
-        if lane.shedding {
-            if lane.tx.len() > self.low_water {
+        let cost = INPUT_OVERHEAD_BYTES + text.len() as u64;
+        if self.lanes[w].shedding {
+            let drained = self.refresh() <= self.low_water
+                && self.message_cap.is_none_or(|cap| self.lanes[w].tx.len() <= cap / 2);
+            if !drained {
                 self.metrics.record_drop(symbol);
                 return Dispatch::Dropped;
             }
+            let lane = &mut self.lanes[w];
             lane.shedding = false;
-            // Under sustained overload a channel fills and drains many times a second: only the
+            // Under sustained overload the buffer fills and drains many times a minute: only the
             // episodes whose start was logged (at most one per SHED_WARN_EVERY) log their end.
             if std::mem::take(&mut lane.announced) {
                 log::info!(
-                    "worker-{w} channel drained to {} of {}: delivering again (dropped so far: {})",
-                    lane.tx.len(),
-                    self.capacity,
+                    "buffer drained to {} KiB of {} KiB: delivering to worker-{w} again (dropped so far: {})",
+                    self.budget.used() >> 10,
+                    self.budget.max >> 10,
                     self.metrics.dropped.get()
                 );
             }
         }
-        let frame = Frame { text, recv_unix_ns: recv_unix_ns(), generation };
-        let sent = match lane.tx.try_send(WorkerInput::Frame(frame)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(input)) => lane.tx.send_timeout(input, self.queue_wait),
-            Err(TrySendError::Disconnected(input)) => Err(SendTimeoutError::Disconnected(input)),
-        };
-        match sent {
-            Ok(()) => {
-                self.metrics.set_queue_depth(w, lane.tx.len());
-                Dispatch::Delivered
-            }
-            Err(SendTimeoutError::Timeout(input)) => {
-                lane.shedding = true;
-                let text = match &input {
-                    WorkerInput::Frame(frame) => frame.text.as_bytes(),
-                    _ => b"",
-                };
-                let symbol = wire::scan_field(text, b"symbol_id").unwrap_or(b"");
-                self.metrics.record_drop(symbol);
-                self.metrics.set_queue_depth(w, self.capacity);
-                let now = Instant::now();
-                if lane.last_shed_warning.is_none_or(|t| now.duration_since(t) >= SHED_WARN_EVERY) {
-                    lane.last_shed_warning = Some(now);
-                    lane.announced = true;
-                    log::warn!(
-                        "worker-{w} channel full for {}ms: dropping its messages until it drains to {} (dropped so far: {})",
-                        self.queue_wait.as_millis(),
-                        self.low_water,
-                        self.metrics.dropped.get()
-                    );
+        if !self.fits(cost) || self.lane_full(w) {
+            let deadline = Instant::now() + self.queue_wait;
+            loop {
+                if Instant::now() >= deadline {
+                    return self.shed(w, symbol);
                 }
-                Dispatch::Dropped
+                std::thread::sleep(ROOM_POLL.min(self.queue_wait));
+                if self.fits(cost) && !self.lane_full(w) {
+                    break;
+                }
             }
-            Err(SendTimeoutError::Disconnected(_)) => Dispatch::Gone,
         }
+        let frame = Frame { text, recv_unix_ns: recv_unix_ns(), generation };
+        if !self.send(w, WorkerInput::Frame(frame), cost) {
+            return Dispatch::Gone;
+        }
+        let depth = self.lanes[w].tx.len();
+        self.metrics.set_queue_depth(w, depth);
+        Dispatch::Delivered
+    }
+
+    /// Starts (or continues) shedding lane `w`: the frame of `symbol` is dropped and counted.
+    fn shed(&mut self, w: usize, symbol: &[u8]) -> Dispatch {
+        self.metrics.record_drop(symbol);
+        let depth = self.lanes[w].tx.len();
+        self.metrics.set_queue_depth(w, depth);
+        let (used, max) = (self.budget.used(), self.budget.max);
+        let why = if self.lane_full(w) {
+            format!("worker-{w} queue full ({depth} messages, --queue-capacity)")
+        } else {
+            format!("buffer full ({} KiB of {} KiB, --buffer-mib)", used >> 10, max >> 10)
+        };
+        let lane = &mut self.lanes[w];
+        lane.shedding = true;
+        let now = Instant::now();
+        if lane.last_shed_warning.is_none_or(|t| now.duration_since(t) >= SHED_WARN_EVERY) {
+            lane.last_shed_warning = Some(now);
+            lane.announced = true;
+            log::warn!(
+                "{why} for {}ms: dropping worker-{w}'s messages until the buffer drains to {} KiB (dropped so far: {})",
+                self.queue_wait.as_millis(),
+                self.low_water >> 10,
+                self.metrics.dropped.get()
+            );
+        }
+        Dispatch::Dropped
     }
 
     /// Tells every worker at once (not at its next frame) that connection `generation` opened,
-    /// so the streams of the old connection are queued for recovery promptly. Best effort: a
-    /// worker also notices the new generation on its next frame.
+    /// so the streams of the old connection are queued for recovery promptly. Charged to the
+    /// buffer but never refused: it is a few bytes, at most one per connection attempt.
     pub fn connected(&mut self, generation: u64, at_unix_ns: i128) {
-        for lane in &self.lanes {
-            let _ = lane.tx.send_timeout(WorkerInput::Connected { generation, at_unix_ns }, self.queue_wait);
+        for w in 0..self.lanes.len() {
+            let input = WorkerInput::Connected { generation, at_unix_ns };
+            let cost = input.cost();
+            let _ = self.send(w, input, cost);
         }
     }
 }
@@ -230,24 +540,80 @@ mod tests {
         Utf8Bytes::from(format!(r#"{{"type":"quote","symbol_id":"{symbol}","sequence":1}}"#))
     }
 
-    /// Proves a full lane sheds with hysteresis (counted per symbol) and a dead worker is seen
-    /// as gone, not as full.
+    /// What a worker does after handling `n` inputs from `rx`: takes them and reports its total.
+    fn handle(rx: &Receiver<WorkerInput>, budget: &Budget, total: &mut u64, n: usize) {
+        for _ in 0..n {
+            let input = rx.try_recv().expect("queued");
+            *total += input.cost();
+        }
+        budget.set_handled(0, *total);
+    }
+
+    /// Proves the buffer bounds the queue in bytes, sheds with hysteresis (counted per symbol)
+    /// until it drains to seven eighths, and that a dead worker is seen as gone, not as full.
     #[test]
-    fn a_full_lane_sheds_until_half_drained_and_a_dead_one_is_gone() {
+    fn a_full_buffer_sheds_until_drained_and_a_dead_worker_is_gone() {
         let metrics = Metrics::new(1);
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        let mut lanes = Lanes::new(vec![tx], 4, Duration::ZERO, &metrics);
-        for _ in 0..4 {
+        let cost = INPUT_OVERHEAD_BYTES + frame("A").len() as u64;
+        let budget = Budget::new(16 * cost, 1);
+        let (mut lanes, _recovery, rxs) = worker_queues(&budget, None, Duration::ZERO, &metrics);
+        let rx = &rxs[0];
+        for _ in 0..16 {
             assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Delivered);
         }
-        assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Dropped);
-        let _ = rx.try_recv();
-        assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Dropped, "3 queued > low water 2: still shedding");
-        let _ = rx.try_recv();
-        assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Delivered, "drained to 2: delivering again");
+        assert_eq!(budget.used(), 16 * cost);
+        assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Dropped, "the 17th does not fit");
+        let mut handled = 0;
+        handle(rx, &budget, &mut handled, 1);
+        assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Dropped, "15 of 16 > low water 14: still shedding");
+        handle(rx, &budget, &mut handled, 1);
+        assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Delivered, "drained to 14: delivering again");
         assert_eq!(metrics.top_drops(1), vec![("A".to_string(), 2)]);
-        assert_eq!(metrics.queue_depths(), vec![3]);
-        drop(rx);
+        assert_eq!(metrics.queue_depths(), vec![15]);
+        drop(rxs);
         assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Gone);
+    }
+
+    /// Proves the optional message cap holds per lane on top of the budget, with the same
+    /// hysteresis (half the cap), and leaves the other lane alone.
+    #[test]
+    fn the_message_cap_sheds_one_lane_only() {
+        let metrics = Metrics::new(2);
+        let budget = Budget::new(1 << 30, 2);
+        let (mut lanes, _recovery, rxs) = worker_queues(&budget, Some(4), Duration::ZERO, &metrics);
+        let pick = |w: usize| (0..).map(|i| format!("S{i}")).find(|s| route(s.as_bytes(), 2) == w).expect("a symbol");
+        let (a, b) = (pick(0), pick(1));
+        for _ in 0..4 {
+            assert_eq!(lanes.dispatch(frame(&a), 1, || 0), Dispatch::Delivered);
+        }
+        assert_eq!(lanes.dispatch(frame(&a), 1, || 0), Dispatch::Dropped);
+        assert_eq!(lanes.dispatch(frame(&b), 1, || 0), Dispatch::Delivered, "the other lane is not capped");
+        let _ = rxs[0].try_recv();
+        assert_eq!(lanes.dispatch(frame(&a), 1, || 0), Dispatch::Dropped, "3 > half the cap");
+        let _ = rxs[0].try_recv();
+        assert_eq!(lanes.dispatch(frame(&a), 1, || 0), Dispatch::Delivered);
+    }
+
+    /// Proves a recovery result waits for room (bounded), and fits into an empty buffer even when
+    /// it is larger than the whole budget.
+    #[test]
+    fn recovery_results_wait_for_room() {
+        let metrics = Metrics::new(1);
+        let budget = Budget::new(INPUT_OVERHEAD_BYTES + 10, 1);
+        let (mut lanes, recovery, rxs) = worker_queues(&budget, None, Duration::ZERO, &metrics);
+        let result = |n: usize| RecoveryResult::Failed {
+            key: RecoveryKey::state("A", DataType::Quote),
+            attempts: 1,
+            error: "x".repeat(n),
+            reason: Unrecovered::RestFailed,
+            at_unix_ns: 0,
+        };
+        assert_eq!(recovery.deliver(result(1000), Duration::ZERO, || false), Ok(()), "an empty buffer takes it");
+        assert_eq!(lanes.dispatch(frame("A"), 1, || 0), Dispatch::Dropped);
+        assert_eq!(recovery.deliver(result(1), Duration::from_millis(5), || false), Err(DeliveryError::Full));
+        let mut handled = 0;
+        handle(&rxs[0], &budget, &mut handled, 1);
+        assert_eq!(budget.used(), 0);
+        assert_eq!(recovery.deliver(result(1), Duration::ZERO, || false), Ok(()));
     }
 }

@@ -34,13 +34,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 
-    /// Capacity of each worker's input channel, in messages. When a channel stays full the reader
-    /// drops (and counts) messages rather than stop reading the socket.
-    #[arg(long, value_name = "N", default_value_t = QUEUE_CAPACITY_DEFAULT)]
-    pub queue_capacity: usize,
+    /// Memory, in MiB, that messages waiting for the workers may take (all workers together).
+    /// A stall downstream is absorbed within it; only when it is full does the reader drop (and
+    /// count) messages rather than stop reading the socket.
+    #[arg(long, value_name = "N", default_value_t = BUFFER_MIB_DEFAULT)]
+    pub buffer_mib: u64,
 
-    /// How long the reader may wait for room in a full channel to absorb a burst before it starts
-    /// dropping messages, in milliseconds.
+    /// Optional cap on each worker's queue, in messages, on top of --buffer-mib [default: none].
+    #[arg(long, value_name = "N")]
+    pub queue_capacity: Option<usize>,
+
+    /// How long the reader may wait for room in a full buffer or queue before it starts dropping
+    /// messages, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = QUEUE_WAIT_MS_DEFAULT)]
     pub queue_wait_ms: u64,
 

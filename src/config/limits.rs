@@ -20,9 +20,10 @@ use crate::config::ConfigError;
 
 // ---- Command-line limits: defaults ----
 
-/// Messages per worker channel; the original incident's 500, kept as the default until the
-/// memory budget of the next stage replaces it.
-pub const QUEUE_CAPACITY_DEFAULT: usize = 500;
+/// The reader's hand-off to the workers, in MiB of queued frames across all workers: about
+/// 200,000 CoinAPI messages, the order of the 131,072 CoinAPI buffers for a slow reader, so an
+/// ordinary stall downstream (a disk flush, a consumer's GC pause) is absorbed without a drop.
+pub const BUFFER_MIB_DEFAULT: u64 = 64;
 /// How long the reader waits for room in a full channel before it sheds, in milliseconds.
 pub const QUEUE_WAIT_MS_DEFAULT: u64 = 50;
 /// REST recovery requests per second: 100 pending keys drain in ~50 s, and a 10,000-credit day
@@ -55,11 +56,18 @@ pub struct Range {
 pub const RANGES: &[Range] = &[
     Range { flag: "--workers", min: 1, max: 256, default: None, why: "omit it to use one worker per core" },
     Range {
+        flag: "--buffer-mib",
+        min: 1,
+        max: 65_536,
+        default: Some(BUFFER_MIB_DEFAULT),
+        why: "it is the memory, in MiB, that queued messages may take before the reader sheds",
+    },
+    Range {
         flag: "--queue-capacity",
         min: 1,
-        max: 1_000_000,
-        default: Some(QUEUE_CAPACITY_DEFAULT as u64),
-        why: "it is the per-worker channel size in messages",
+        max: 10_000_000,
+        default: None,
+        why: "it is an optional cap, in messages, on each worker's queue; omit it to bound by --buffer-mib alone",
     },
     Range {
         flag: "--queue-wait-ms",
@@ -164,10 +172,11 @@ pub const MAX_TRADE_ID_LEN: usize = 128;
 /// Trade ids remembered per symbol at least: more than one default REST page (100) plus the
 /// stream's recent duplicates (at 100 trades/s, ~2.5 s of exchange repeats).
 pub const TRADE_IDS_PER_SYMBOL_MIN: usize = 256;
-/// Memory one remembered trade id can cost at most: 16 bytes in the FIFO (sized exactly) plus the
-/// hash set sized for twice the ids (so evictions never grow it), whose buckets (16 bytes and a
-/// control byte each) round up to a power of two: at most 16 + 2 × 2 × 8/7 × 17 ≈ 94 bytes.
-pub const TRADE_ID_BYTES: usize = 96;
+/// Memory one remembered trade id can cost at most: 16 bytes in the FIFO and 8 for its trade time
+/// (both sized exactly) plus the hash set sized for twice the ids (so evictions never grow it),
+/// whose buckets (16 bytes and a control byte each) round up to a power of two: at most
+/// 24 + 2 × 2 × 8/7 × 17 ≈ 102 bytes.
+pub const TRADE_ID_BYTES: usize = 104;
 /// Ceiling on the worst-case trade-id memory of the whole process (every tracked symbol's memory
 /// full). Memory is taken only as trades arrive; this bounds the worst case.
 pub const TRADE_ID_MEMORY_MAX_BYTES: usize = 1 << 30;

@@ -89,8 +89,10 @@ pub struct IngestConfig {
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub n_workers: usize,
-    /// Messages per worker channel.
-    pub queue_capacity: usize,
+    /// Bytes the queued worker inputs may take, all workers together (`--buffer-mib`).
+    pub buffer_bytes: u64,
+    /// Optional cap on each worker's queue, in messages.
+    pub queue_capacity: Option<usize>,
     /// How long the reader waits on a full channel before it sheds.
     pub queue_wait: Duration,
     /// `None` turns the periodic health line off.
@@ -178,7 +180,11 @@ impl Config {
         let rest_url = parse_rest_url(&args.rest_url)?;
 
         let n_workers = limits::check("--workers", args.workers.unwrap_or(n_cores.max(1)) as u64)? as usize;
-        let queue_capacity = limits::check("--queue-capacity", args.queue_capacity as u64)? as usize;
+        let buffer_bytes = limits::check("--buffer-mib", args.buffer_mib)? << 20;
+        let queue_capacity = match args.queue_capacity {
+            Some(n) => Some(limits::check("--queue-capacity", n as u64)? as usize),
+            None => None,
+        };
         let queue_wait = Duration::from_millis(limits::check("--queue-wait-ms", args.queue_wait_ms)?);
         if !(args.recovery_rps.is_finite() && args.recovery_rps > 0.0 && args.recovery_rps <= RECOVERY_RPS_MAX) {
             return Err(err(
@@ -228,7 +234,14 @@ impl Config {
                 backoff_max,
                 max_message_bytes: MAX_MESSAGE_BYTES,
             },
-            pipeline: PipelineConfig { n_workers, queue_capacity, queue_wait, health_interval, shutdown_timeout },
+            pipeline: PipelineConfig {
+                n_workers,
+                buffer_bytes,
+                queue_capacity,
+                queue_wait,
+                health_interval,
+                shutdown_timeout,
+            },
             recovery: RecoveryConfig {
                 rest_url,
                 api_key,
@@ -440,7 +453,8 @@ mod tests {
         assert_eq!(wire, ["BITSTAMP_SPOT_BTC_USD$", "KRAKEN_SPOT_"]);
         assert_eq!(c.ingest.data_types, [DataType::Trade, DataType::Book20]);
         assert_eq!(c.ingest.api_key.expose(), "key");
-        assert_eq!(c.pipeline.queue_capacity, 500);
+        assert_eq!(c.pipeline.queue_capacity, None);
+        assert_eq!(c.pipeline.buffer_bytes, 64 << 20);
         assert_eq!(c.pipeline.n_workers, 2);
         assert_eq!(c.ingest.ws.host, "ws.coinapi.io");
         assert_eq!(c.ingest.ws.port, 443);

@@ -31,11 +31,11 @@ use crate::config::limits::{
     UPGRADE_429_WAIT_DEFAULT, UPGRADE_RETRY_AFTER_MAX, WRITE_TIMEOUT, WS_READ_BUFFER_BYTES, WS_WRITE_BUFFER_MAX_BYTES,
 };
 use crate::config::IngestConfig;
-use crate::lanes::{Dispatch, Lanes};
+use crate::lanes::{Dispatch, Lanes, Resyncs};
 use crate::metrics::Metrics;
 use crate::output::ndjson::{Batch, ConnectionEvent, ControlLine, TimestampFormatter};
 use crate::shutdown::Shutdown;
-use crate::wire::{self, FrameKind};
+use crate::wire::{self, DataType, FrameKind};
 
 pub mod backoff;
 
@@ -45,6 +45,11 @@ type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
 /// Frames between two reads of the monotonic clock while data flows.
 const CLOCK_EVERY_FRAMES: u32 = 1024;
+/// Least time between two scope messages (subscribe/unsubscribe) on one connection: CoinAPI
+/// allows about 10 hello/subscribe messages per 10 s per IP.
+const SCOPE_INTERVAL: Duration = Duration::from_secs(2);
+/// Streams one resync scope message names at most.
+const SCOPE_BATCH_MAX: usize = 100;
 /// After a `reconnect` notice, the replacement connection is opened this long before the
 /// server's deadline (or at half the notice, if that is shorter).
 const MOVE_MARGIN: Duration = Duration::from_secs(1);
@@ -95,6 +100,12 @@ pub struct Reader<'a> {
     dns_in_flight: Option<Receiver<std::io::Result<Vec<SocketAddr>>>>,
     /// Data frames handed to `Lanes::dispatch`, for the test fault hook.
     dispatched: u64,
+    /// Book streams the workers asked to resubscribe.
+    resyncs: &'a Resyncs,
+    /// Streams unsubscribed for a resync, to subscribe again with the next scope message.
+    resubscribe: Vec<(DataType, String)>,
+    /// When this connection last sent a scope message (subscribe/unsubscribe).
+    last_scope_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Reader<'_> {
@@ -110,6 +121,7 @@ impl<'a> Reader<'a> {
         shutdown: &'a Shutdown,
         lanes: Lanes<'a>,
         control: Sender<Batch>,
+        resyncs: &'a Resyncs,
     ) -> Reader<'a> {
         let policy = BackoffPolicy { cap: config.backoff_max, ..BackoffPolicy::default() };
         Reader {
@@ -127,6 +139,9 @@ impl<'a> Reader<'a> {
             timestamps: TimestampFormatter::default(),
             dns_in_flight: None,
             dispatched: 0,
+            resyncs,
+            resubscribe: Vec::new(),
+            last_scope_at: None,
         }
     }
 
@@ -173,6 +188,10 @@ impl<'a> Reader<'a> {
             self.backoff.on_connected(Instant::now());
             log::info!("connected to {} (generation {generation})", self.config.ws.url);
             self.connection_line(ConnectionEvent::Connected, "");
+            // The hello subscribed everything afresh: no resync is left to do.
+            self.resyncs.clear();
+            self.resubscribe.clear();
+            self.last_scope_at = Some(Instant::now());
             self.lanes.connected(generation, unix_now_ns());
             let end = self.session(ws);
             match end {
@@ -409,6 +428,9 @@ impl<'a> Reader<'a> {
                 }
                 Err(e) => return SessionEnd::Retry(format!("read error: {e}")),
             }
+            if self.resyncs.wanted() || !self.resubscribe.is_empty() {
+                self.resync_step(&mut ws, Instant::now());
+            }
             // The monotonic clock is read on every tick but only every few frames while data
             // flows: staleness is measured in seconds, not nanoseconds.
             if frames_since_clock >= CLOCK_EVERY_FRAMES {
@@ -427,6 +449,44 @@ impl<'a> Reader<'a> {
                     return self.close(ws, SessionEnd::Retry(why));
                 }
             }
+        }
+    }
+
+    /// Sends the next scope message of a book resync, at most one per `SCOPE_INTERVAL` (CoinAPI
+    /// allows about 10 per 10 s per IP): first the unsubscribe of a batch of streams, then, one
+    /// interval later, their subscribe, after which CoinAPI restarts each with a snapshot.
+    fn resync_step(&mut self, ws: &mut Ws, now: Instant) {
+        if self.last_scope_at.is_some_and(|t| now.duration_since(t) < SCOPE_INTERVAL) {
+            return;
+        }
+        let (kind, streams) = if self.resubscribe.is_empty() {
+            if self.resyncs.is_empty() {
+                return;
+            }
+            ("unsubscribe", self.resyncs.take(SCOPE_BATCH_MAX))
+        } else {
+            ("subscribe", std::mem::take(&mut self.resubscribe))
+        };
+        // One message names one data type: its symbol list applies to every type it names.
+        let data_type = streams[0].0;
+        let (these, others): (Vec<_>, Vec<_>) = streams.into_iter().partition(|(t, _)| *t == data_type);
+        for (t, symbol) in others {
+            self.resyncs.request(t, &symbol);
+        }
+        let symbols: Vec<String> = these.iter().map(|(_, s)| format!("{s}$")).collect();
+        let text = serde_json::json!({
+            "type": kind,
+            "subscribe_data_type": [data_type.as_str()],
+            "subscribe_filter_symbol_id": symbols,
+        })
+        .to_string();
+        log::info!("resync: {kind} {} for {} symbol(s): {}", data_type.as_str(), symbols.len(), preview_list(&symbols));
+        if let Err(e) = ws.send(Message::text(text)) {
+            log::warn!("resync: sending the {kind} failed: {e}");
+        }
+        self.last_scope_at = Some(now);
+        if kind == "unsubscribe" {
+            self.resubscribe = these;
         }
     }
 
@@ -483,6 +543,16 @@ fn reconnect_within(frame: &[u8]) -> Duration {
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| Duration::from_secs_f64(s.min(RECONNECT_NOTICE_MAX.as_secs_f64())))
         .unwrap_or(RECONNECT_NOTICE_DEFAULT)
+}
+
+/// The first few entries of a list, for a log line.
+fn preview_list(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(",");
+    if items.len() > SHOWN {
+        s.push_str(",...");
+    }
+    s
 }
 
 fn is_tick(e: &std::io::Error) -> bool {

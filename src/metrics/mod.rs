@@ -4,9 +4,9 @@
 //!
 //! Values are relaxed atomics written on the hot path and read only for reports. The accounting
 //! identity the tests check: every data frame the reader received is either dropped by the reader
-//! (full channel), or decoded by a worker into exactly one of written, malformed, unknown type or
-//! duplicate trade: `received = dropped + written + malformed + unknown_type + duplicate_trades`
-//! once drained. `written`, `recovered_written` and `control_lines` come from the batches'
+//! (full buffer), or decoded by a worker into exactly one of written, malformed, unknown type,
+//! duplicate trade or withheld book delta: `received = dropped + written + malformed +
+//! unknown_type + duplicate_trades + book_withheld` once drained. `written`, `recovered_written` and `control_lines` come from the batches'
 //! own line counts, added by the writer once the bytes are out.
 //!
 //! Per-worker queue depth is a gauge per worker, set by the reader after each hand-off and by the
@@ -217,6 +217,16 @@ registry! {
     recovery_rate_limited: Counter, Both;
     /// Records recovered over REST and written to stdout.
     recovered_written: Counter, Both;
+    /// Recovered trades not written because the stream (or an earlier page) had written them.
+    recovery_duplicates: Counter, Both;
+    /// Trades known lost for good: missing by sequence numbers and not recovered (recovery lines give the reason).
+    unrecovered: Counter, Both;
+    /// Ids a trade window could not pin (its bounds were reached): overlaps that could be written twice.
+    pins_refused: Counter, Summary;
+    /// Book streams resubscribed after a gap (a book cannot be repaired over REST).
+    book_resyncs: Counter, Both;
+    /// Book deltas not written because their stream waited for the snapshot of its resubscription.
+    book_withheld: Counter, Both;
     /// The last X-RateLimit-Remaining CoinAPI sent.
     rate_limit_remaining: OptionalSignedGauge, Both;
     /// The last X-RateLimit-Request-Cost CoinAPI sent.
@@ -231,6 +241,8 @@ registry! {
     bytes_written: Counter, Summary;
     /// Highest depth any worker channel reached.
     max_queue_depth: Gauge, Both;
+    /// Times the memory of a drained stall was given back to the OS.
+    memory_returns: Counter, Summary;
     /// Symbols that sent data before but none for a minute (summed over workers).
     silent_symbols: Gauge, Health;
 }

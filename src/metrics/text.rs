@@ -22,23 +22,33 @@ fn push_metrics(s: &mut String, now: &Snapshot, wanted: impl Fn(Show) -> bool) {
     }
 }
 
-/// One health line: the message rate since `prev`, every queue as `depth/capacity`, then every
-/// metric shown in health lines, then resident memory.
-pub fn health_line(
-    now: &Snapshot,
-    prev: &Snapshot,
-    elapsed: Duration,
-    depths: &[u64],
-    capacity: usize,
-    memory: Memory,
-) -> String {
+/// The workers' queues at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct Queues<'a> {
+    /// Messages queued, by worker.
+    pub depths: &'a [u64],
+    /// The optional per-worker cap in messages.
+    pub cap: Option<usize>,
+    /// Bytes the queues hold together, and the budget (`--buffer-mib`).
+    pub buffer: (u64, u64),
+}
+
+/// One health line: the message rate since `prev`, every queue's depth (as `depth/cap` when
+/// capped), the buffer in KiB as `used/budget`, then every metric shown in health lines, then
+/// resident memory.
+pub fn health_line(now: &Snapshot, prev: &Snapshot, elapsed: Duration, queues: &Queues<'_>, memory: Memory) -> String {
     let secs = elapsed.as_secs_f64().max(1e-9);
     let rate = now.received.saturating_sub(prev.received) as f64 / secs;
     let mut s = format!("health: rate_msg_s={rate:.0} queues=[");
-    for (i, d) in depths.iter().enumerate() {
-        let _ = write!(s, "{}{d}/{capacity}", if i > 0 { "," } else { "" });
+    for (i, d) in queues.depths.iter().enumerate() {
+        let sep = if i > 0 { "," } else { "" };
+        match queues.cap {
+            Some(cap) => write!(s, "{sep}{d}/{cap}"),
+            None => write!(s, "{sep}{d}"),
+        }
+        .ok();
     }
-    s.push(']');
+    let _ = write!(s, "] buffer_kib={}/{}", queues.buffer.0 >> 10, queues.buffer.1 >> 10);
     push_metrics(&mut s, now, |show| show != Show::Summary);
     if let Some((rss, _)) = memory {
         let _ = write!(s, " rss_kib={rss}");
@@ -69,11 +79,17 @@ mod tests {
     #[test]
     fn lines_are_key_value_and_name_every_counter() {
         let now = Snapshot { received: 30, dropped: 2, written: 27, malformed: 1, ..Snapshot::default() };
-        let h = health_line(&now, &Snapshot::default(), Duration::from_secs(10), &[3, 0], 500, Some((11_000, 12_000)));
+        let queues = Queues { depths: &[3, 0], cap: Some(500), buffer: (3 << 10, 64 << 20) };
+        let h = health_line(&now, &Snapshot::default(), Duration::from_secs(10), &queues, Some((11_000, 12_000)));
         assert!(
-            h.starts_with("health: rate_msg_s=3 queues=[3/500,0/500] received=30 written=27 dropped=2 malformed=1"),
+            h.starts_with(
+                "health: rate_msg_s=3 queues=[3/500,0/500] buffer_kib=3/65536 received=30 written=27 dropped=2 malformed=1"
+            ),
             "{h}"
         );
+        let uncapped = Queues { cap: None, ..queues };
+        let h2 = health_line(&now, &Snapshot::default(), Duration::from_secs(10), &uncapped, None);
+        assert!(h2.starts_with("health: rate_msg_s=3 queues=[3,0] buffer_kib=3/65536 "), "{h2}");
         assert!(h.contains(" recovery_pending=0") && !h.contains("rate_limit_remaining"), "{h}");
         assert!(h.contains(" silent_symbols=0") && !h.contains("bytes_written"), "{h}");
         assert!(h.ends_with(" rss_kib=11000"), "{h}");

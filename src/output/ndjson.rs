@@ -9,6 +9,7 @@
 //! f64. Control lines put `type` first, as CoinAPI's documentation does, so a consumer can filter
 //! on a line prefix. Pure: no IO, no clock (times come in formatted or as Unix nanoseconds).
 
+use crate::lanes::Unrecovered;
 use crate::wire::{self, DataType};
 
 pub use crate::config::limits::BATCH_BYTES;
@@ -255,19 +256,40 @@ pub enum GapCause {
     Reconnect,
 }
 
-/// How a recovery ended (`status` of a `recovery` line).
+/// A recovery that did not finish: `attempts` requests failed, the last with `error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecoveryStatus<'a> {
-    /// `records` came back, `written` were written, `duplicates` had been written already.
-    Ok {
-        records: u64,
-        written: u64,
-        duplicates: u64,
-    },
-    Failed {
-        attempts: u32,
-        error: &'a str,
-    },
+pub struct RecoveryFailure<'a> {
+    pub attempts: u32,
+    pub error: &'a str,
+    pub reason: Unrecovered,
+}
+
+/// What one gap's recovery did (a `recovery` line). `window`: a trade gap's time window
+/// (exchange time, Unix ns, end exclusive); `missing`: trades lost by sequence numbers, when
+/// known; `requests`: REST pages answered; `records` they held, `recovered` written, `duplicates`
+/// already written by the stream. `unrecovered` (= missing − recovered when known) and `reason`
+/// appear when something could not come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport<'a> {
+    pub window: Option<(i64, i64)>,
+    pub missing: Option<u64>,
+    pub requests: u32,
+    pub records: u64,
+    pub recovered: u64,
+    pub duplicates: u64,
+    /// `None`: status ok.
+    pub failure: Option<RecoveryFailure<'a>>,
+}
+
+impl RecoveryReport<'_> {
+    /// Records known lost, and why; `None` when nothing is known to be lost.
+    pub fn unrecovered(&self) -> Option<(Option<u64>, Unrecovered)> {
+        let short = self.missing.map(|m| m.saturating_sub(self.recovered));
+        match &self.failure {
+            Some(f) => Some((short, f.reason)),
+            None => short.filter(|&n| n > 0).map(|n| (Some(n), Unrecovered::NoHistory)),
+        }
+    }
 }
 
 /// Every control line, as one closed set. Types CoinAPI never sends, so a consumer that only
@@ -276,7 +298,7 @@ pub enum RecoveryStatus<'a> {
 pub enum ControlLine<'a> {
     Connection { event: ConnectionEvent, generation: u64, url: &'a str, reason: Option<&'a str> },
     Gap { data_type: DataType, symbol_id: &'a str, cause: GapCause, generation: u64 },
-    Recovery { symbol_id: &'a str, data_type: DataType, status: RecoveryStatus<'a> },
+    Recovery { symbol_id: &'a str, data_type: DataType, report: RecoveryReport<'a> },
 }
 
 impl ControlLine<'_> {
@@ -317,24 +339,43 @@ impl ControlLine<'_> {
                 uint(out, ",\"generation\":", *generation);
                 push_time(out, time);
             }
-            ControlLine::Recovery { symbol_id, data_type, status } => {
+            ControlLine::Recovery { symbol_id, data_type, report } => {
                 out.extend_from_slice(b"{\"type\":\"recovery\",\"symbol_id\":");
                 push_json_string(out, symbol_id);
                 out.extend_from_slice(b",\"data_type\":\"");
                 out.extend_from_slice(data_type.as_str().as_bytes());
-                match status {
-                    RecoveryStatus::Ok { records, written, duplicates } => {
-                        out.extend_from_slice(b"\",\"status\":\"ok\"");
-                        uint(out, ",\"records\":", *records);
-                        uint(out, ",\"written\":", *written);
-                        uint(out, ",\"duplicates\":", *duplicates);
+                out.extend_from_slice(if report.failure.is_some() {
+                    b"\",\"status\":\"failed\""
+                } else {
+                    b"\",\"status\":\"ok\""
+                });
+                if let Some((start, end)) = report.window {
+                    let mut f = TimestampFormatter::default();
+                    out.extend_from_slice(b",\"window_start\":\"");
+                    out.extend_from_slice(f.format(i128::from(start)).as_bytes());
+                    out.extend_from_slice(b"\",\"window_end\":\"");
+                    out.extend_from_slice(f.format(i128::from(end)).as_bytes());
+                    out.push(b'"');
+                }
+                if let Some(missing) = report.missing {
+                    uint(out, ",\"missing\":", missing);
+                }
+                uint(out, ",\"requests\":", u64::from(report.requests));
+                uint(out, ",\"records\":", report.records);
+                uint(out, ",\"recovered\":", report.recovered);
+                uint(out, ",\"duplicates\":", report.duplicates);
+                if let Some((count, reason)) = report.unrecovered() {
+                    if let Some(n) = count {
+                        uint(out, ",\"unrecovered\":", n);
                     }
-                    RecoveryStatus::Failed { attempts, error } => {
-                        out.extend_from_slice(b"\",\"status\":\"failed\"");
-                        uint(out, ",\"attempts\":", u64::from(*attempts));
-                        out.extend_from_slice(b",\"error\":");
-                        push_json_string(out, error);
-                    }
+                    out.extend_from_slice(b",\"reason\":\"");
+                    out.extend_from_slice(reason.as_str().as_bytes());
+                    out.push(b'"');
+                }
+                if let Some(f) = &report.failure {
+                    uint(out, ",\"attempts\":", u64::from(f.attempts));
+                    out.extend_from_slice(b",\"error\":");
+                    push_json_string(out, f.error);
                 }
                 push_time(out, time);
             }
@@ -451,12 +492,20 @@ mod tests {
             r#"{"type":"gap","data_type":"quote","symbol_id":"BITSTAMP_SPOT_BTC_USD","reason":"reconnect","generation":2,"time":"2026-11-28T07:31:40.0000000Z"}"#,
         ),
         (
-            "recovery ok",
-            r#"{"type":"recovery","symbol_id":"BITSTAMP_SPOT_BTC_USD","data_type":"trade","status":"ok","records":13,"written":3,"duplicates":10,"time":"2026-11-28T07:27:30.8395952Z"}"#,
+            "recovery ok (trade window)",
+            r#"{"type":"recovery","symbol_id":"BITSTAMP_SPOT_BTC_USD","data_type":"trade","status":"ok","window_start":"2026-11-28T07:31:27.1021733Z","window_end":"2026-11-28T07:31:38.2655903Z","missing":842,"requests":9,"records":862,"recovered":842,"duplicates":20,"time":"2026-11-28T07:31:42.8395952Z"}"#,
+        ),
+        (
+            "recovery ok, short (trade window)",
+            r#"{"type":"recovery","symbol_id":"BITSTAMP_SPOT_BTC_USD","data_type":"trade","status":"ok","window_start":"2026-11-28T07:31:27.1021733Z","window_end":"2026-11-28T07:31:38.2655903Z","missing":842,"requests":9,"records":850,"recovered":830,"duplicates":20,"unrecovered":12,"reason":"no_history","time":"2026-11-28T07:31:42.8395952Z"}"#,
+        ),
+        (
+            "recovery ok (state)",
+            r#"{"type":"recovery","symbol_id":"BITSTAMP_SPOT_BTC_USD","data_type":"quote","status":"ok","requests":1,"records":1,"recovered":1,"duplicates":0,"time":"2026-11-28T07:27:30.8395952Z"}"#,
         ),
         (
             "recovery failed",
-            r#"{"type":"recovery","symbol_id":"BITSTAMP_SPOT_BTC_USD","data_type":"quote","status":"failed","attempts":5,"error":"HTTP 503","time":"2026-11-28T07:27:31.0000000Z"}"#,
+            r#"{"type":"recovery","symbol_id":"BITSTAMP_SPOT_BTC_USD","data_type":"trade","status":"failed","window_start":"2026-11-28T07:31:27.1021733Z","window_end":"2026-11-28T07:31:38.2655903Z","missing":842,"requests":2,"records":200,"recovered":200,"duplicates":0,"unrecovered":642,"reason":"rest_failed","attempts":5,"error":"HTTP 503","time":"2026-11-28T07:31:50.0000000Z"}"#,
         ),
         (
             "trade ws",
@@ -473,6 +522,15 @@ mod tests {
     fn every_line_shape_is_exact() {
         let url = "ws://127.0.0.1:45661/v1/";
         let sym = "BITSTAMP_SPOT_BTC_USD";
+        let window = RecoveryReport {
+            window: Some((1_795_851_087_102_173_300, 1_795_851_098_265_590_300)),
+            missing: Some(842),
+            requests: 9,
+            records: 862,
+            recovered: 842,
+            duplicates: 20,
+            failure: None,
+        };
         let control = |line: ControlLine<'_>, time: &str| {
             let mut b = Batch::default();
             b.push_control(&line, time);
@@ -521,20 +579,51 @@ mod tests {
                 "2026-11-28T07:31:40.0000000Z",
             ),
             control(
+                ControlLine::Recovery { symbol_id: sym, data_type: DataType::Trade, report: window.clone() },
+                "2026-11-28T07:31:42.8395952Z",
+            ),
+            control(
                 ControlLine::Recovery {
                     symbol_id: sym,
                     data_type: DataType::Trade,
-                    status: RecoveryStatus::Ok { records: 13, written: 3, duplicates: 10 },
+                    report: RecoveryReport { records: 850, recovered: 830, ..window.clone() },
+                },
+                "2026-11-28T07:31:42.8395952Z",
+            ),
+            control(
+                ControlLine::Recovery {
+                    symbol_id: sym,
+                    data_type: DataType::Quote,
+                    report: RecoveryReport {
+                        window: None,
+                        missing: None,
+                        requests: 1,
+                        records: 1,
+                        recovered: 1,
+                        duplicates: 0,
+                        failure: None,
+                    },
                 },
                 "2026-11-28T07:27:30.8395952Z",
             ),
             control(
                 ControlLine::Recovery {
                     symbol_id: sym,
-                    data_type: DataType::Quote,
-                    status: RecoveryStatus::Failed { attempts: 5, error: "HTTP 503" },
+                    data_type: DataType::Trade,
+                    report: RecoveryReport {
+                        requests: 2,
+                        records: 200,
+                        recovered: 200,
+                        duplicates: 0,
+                        failure: Some(RecoveryFailure {
+                            attempts: 5,
+                            error: "HTTP 503",
+                            reason: Unrecovered::RestFailed,
+                        }),
+                        ..window.clone()
+                    },
                 },
-                "2026-11-28T07:27:31.0000000Z",
+                "2026-11-28T07:31:50.0000000Z",
             ),
         ];
         let mut ws = Batch::default();

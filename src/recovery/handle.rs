@@ -35,6 +35,7 @@ impl RecoveryHandle {
             max_pending: config.max_pending,
             max_attempts: config.max_attempts,
             budget_credits_per_day: config.budget,
+            trade_page_credits: u64::from(config.trades_limit).div_ceil(100).max(1),
             ..RecoveryPolicy::default()
         };
         // Capacity 1: a wake-up is a level, not a count; more pushes while one is pending add nothing.
@@ -47,14 +48,16 @@ impl RecoveryHandle {
         }
     }
 
-    /// Queues `key` for recovery (deduplicated); counts and logs it if the queue is full.
-    pub fn request(&self, key: RecoveryKey, metrics: &Metrics) {
+    /// Queues `key` for recovery (deduplicated); counts and logs it if the queue is full, and
+    /// returns false then.
+    pub fn request(&self, key: RecoveryKey, metrics: &Metrics) -> bool {
         let outcome = self.queue.lock().push(key.clone());
         match outcome {
             PushOutcome::Added => {
                 let _ = self.wake_tx.try_send(());
+                true
             }
-            PushOutcome::AlreadyPending => {}
+            PushOutcome::AlreadyPending => true,
             PushOutcome::Overflow => {
                 metrics.recovery_overflow.add(1);
                 let now = Instant::now();
@@ -68,6 +71,7 @@ impl RecoveryHandle {
                         metrics.recovery_overflow.get()
                     );
                 }
+                false
             }
         }
     }

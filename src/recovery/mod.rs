@@ -11,11 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, SendTimeoutError, Sender};
+use crossbeam_channel::select;
 
 use crate::clock::{unix_now_ns, unix_seconds};
 use crate::config::limits::DELIVERY_WAIT;
-use crate::lanes::{route, RecoveryKey, RecoveryResult, WorkerInput};
+use crate::lanes::{DeliveryError, RecoveryKey, RecoveryLanes, RecoveryResult, TradeWindow, Unrecovered};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -31,18 +31,20 @@ use rest::RestClient;
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Keys listed by name when recovery ends with keys pending.
 const PENDING_LISTED_MAX: usize = 20;
+/// How long the report of one key left pending at exit may wait for room in the buffer.
+const EXIT_REPORT_WAIT: Duration = Duration::from_millis(200);
 
 pub struct Recovery<'a> {
     pub handle: &'a RecoveryHandle,
     pub client: RestClient,
-    pub lanes: Vec<Sender<WorkerInput>>,
+    pub lanes: RecoveryLanes<'a>,
     pub metrics: &'a Metrics,
     pub shutdown: &'a Shutdown,
 }
 
 impl std::fmt::Debug for Recovery<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recovery").field("lanes", &self.lanes.len()).finish()
+        f.debug_struct("Recovery").finish_non_exhaustive()
     }
 }
 
@@ -86,8 +88,17 @@ impl Recovery<'_> {
                 }
             }
         }
-        let q = self.handle.queue.lock();
-        let pending = q.pending_keys();
+        let (pending, reason) = {
+            let mut q = self.handle.queue.lock();
+            let reason = if q.is_stopped() {
+                Unrecovered::RestRefused
+            } else if q.over_budget(Instant::now()) {
+                Unrecovered::BudgetSpent
+            } else {
+                Unrecovered::PendingAtExit
+            };
+            (q.pending_keys(), reason)
+        };
         self.metrics.recovery_pending.set(pending.len() as u64);
         if !pending.is_empty() {
             let names: Vec<String> = pending
@@ -101,6 +112,15 @@ impl Recovery<'_> {
                 names.join(","),
                 if pending.len() > PENDING_LISTED_MAX { ",..." } else { "" }
             );
+        }
+        // Each gap left gets its `recovery` line from the worker that owns it, which is still
+        // draining: what was lost is said on stdout, not only in the log.
+        for key in pending {
+            let error = reason.as_str().replace('_', " ");
+            let result = RecoveryResult::Failed { key, attempts: 0, error, reason, at_unix_ns: unix_now_ns() };
+            if self.lanes.deliver(result, EXIT_REPORT_WAIT, || false).is_err() {
+                break;
+            }
         }
     }
 
@@ -155,10 +175,29 @@ impl Recovery<'_> {
         }
         let verdict = self.handle.queue.lock().complete(&key, answer.outcome.clone(), Instant::now());
         let result = match verdict {
-            Verdict::Done => RecoveryResult::Recovered { key, records: answer.records, recv_unix_ns: unix_now_ns() },
-            Verdict::GaveUp { attempts, last_error } => {
-                RecoveryResult::Failed { key, attempts, error: last_error, at_unix_ns: unix_now_ns() }
+            Verdict::Done => {
+                let next = match (&key.window, answer.page_end_ns) {
+                    (Some(w), Some(end)) => {
+                        let limit = self.client.trades_limit() as usize;
+                        queue::next_page(w, end, answer.records.len(), limit, answer.last_time_ns).map(|from| {
+                            RecoveryKey { window: Some(TradeWindow { page_from_ns: from, ..*w }), ..key.clone() }
+                        })
+                    }
+                    _ => None,
+                };
+                let more = next.is_some();
+                if let Some(next) = next {
+                    self.handle.queue.lock().continue_with(next);
+                }
+                RecoveryResult::Recovered { key, records: answer.records, recv_unix_ns: unix_now_ns(), more }
             }
+            Verdict::GaveUp { attempts, last_error } => RecoveryResult::Failed {
+                key,
+                attempts,
+                error: last_error,
+                reason: Unrecovered::RestFailed,
+                at_unix_ns: unix_now_ns(),
+            },
             Verdict::Retry { at } => {
                 log::debug!(
                     "recovery: retrying {} {} in {} ms",
@@ -173,20 +212,19 @@ impl Recovery<'_> {
         self.deliver(result);
     }
 
-    /// Sends a result to the worker that owns its symbol (bounded wait; counted if lost).
+    /// Sends a result to the worker that owns its symbol (bounded wait for room in the buffer;
+    /// counted if lost).
     fn deliver(&self, result: RecoveryResult) {
         let symbol = result.key().symbol_id.clone();
-        let lane = &self.lanes[route(symbol.as_bytes(), self.lanes.len())];
-        match lane.send_timeout(WorkerInput::Recovery(result), DELIVERY_WAIT) {
-            Ok(()) => {}
-            Err(SendTimeoutError::Timeout(_)) => {
+        match self.lanes.deliver(result, DELIVERY_WAIT, || self.shutdown.is_requested()) {
+            Ok(()) | Err(DeliveryError::Gone) => {}
+            Err(DeliveryError::Full) => {
                 self.metrics.recovery_failed.add(1);
                 log::warn!(
-                    "recovery result for {symbol} dropped: its worker stayed busy for {}s",
+                    "recovery result for {symbol} dropped: the buffer stayed full for {}s",
                     DELIVERY_WAIT.as_secs()
                 );
             }
-            Err(SendTimeoutError::Disconnected(_)) => {}
         }
     }
 }

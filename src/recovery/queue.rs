@@ -10,7 +10,39 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::lanes::RecoveryKey;
+use crate::lanes::{RecoveryKey, TradeWindow};
+use crate::wire::DataType;
+
+/// The page of trade history to ask for after one that returned `returned` records (of
+/// `limit`) over `[window.page_from_ns, page_end_ns)`, the last of them at `last_ns`; `None`
+/// when the window is covered.
+///
+/// A full page continues from its last record's time (CoinAPI's history is inclusive at
+/// `time_start`, so records sharing that time come again: the worker de-duplicates them); a page
+/// of records that all share one time moves on by 100 ns, CoinAPI's resolution, rather than ask
+/// the same page forever. A page that was not full but stopped at a UTC day boundary (one request
+/// stays inside one day) continues from the boundary.
+pub fn next_page(
+    window: &TradeWindow,
+    page_end_ns: i64,
+    returned: usize,
+    limit: usize,
+    last_ns: Option<i64>,
+) -> Option<i64> {
+    if returned >= limit {
+        let next = last_ns.map_or(page_end_ns, |t| if t > window.page_from_ns { t } else { window.page_from_ns + 100 });
+        return (next < window.end_ns).then_some(next);
+    }
+    (page_end_ns < window.end_ns).then_some(page_end_ns)
+}
+
+/// Where a history request starting at `from_ns` must end: the window's end, or the next UTC
+/// midnight if that comes first.
+pub fn page_end(window: &TradeWindow, from_ns: i64) -> i64 {
+    const DAY_NS: i64 = 86_400_000_000_000;
+    let midnight = (from_ns.div_euclid(DAY_NS) + 1).saturating_mul(DAY_NS);
+    window.end_ns.min(midnight)
+}
 
 /// The rolling window of the credit budget: CoinAPI budgets are per rolling 24 h.
 const CREDIT_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
@@ -97,8 +129,11 @@ pub struct RecoveryPolicy {
     /// Wait after a 429 without `Retry-After`; doubles per consecutive 429 up to
     /// `max(retry_cap, default_429_wait)`.
     pub default_429_wait: Duration,
-    /// Credits (one per request) allowed per rolling 24 h; `None` for no budget.
+    /// Credits allowed per rolling 24 h; `None` for no budget.
     pub budget_credits_per_day: Option<u64>,
+    /// What one trade request costs: CoinAPI charges one credit per 100 items of its `limit`.
+    /// Every other request costs one.
+    pub trade_page_credits: u64,
 }
 
 impl Default for RecoveryPolicy {
@@ -111,6 +146,7 @@ impl Default for RecoveryPolicy {
             retry_cap: Duration::from_secs(60),
             default_429_wait: Duration::from_secs(5),
             budget_credits_per_day: None,
+            trade_page_credits: 1,
         }
     }
 }
@@ -159,22 +195,23 @@ impl CreditWindow {
         }
     }
 
-    /// `Some(t)` if the budget is spent until `t`.
-    fn exhausted_until(&mut self, now: Instant) -> Option<Instant> {
+    /// `Some(t)` if the budget has no room for `cost` more credits until (at least) `t`. A
+    /// request costing more than the whole budget waits for an empty window, then goes.
+    fn exhausted_until(&mut self, now: Instant, cost: u64) -> Option<Instant> {
         self.expire(now);
-        if self.spent < self.limit {
+        if self.spent.saturating_add(cost) <= self.limit || self.spent == 0 {
             return None;
         }
-        // spent >= limit >= 1, so there is a bucket.
+        // spent >= 1, so there is a bucket.
         self.buckets.front().map(|&(start, _)| CreditWindow::expiry(start))
     }
 
-    fn spend(&mut self, now: Instant) {
+    fn spend(&mut self, now: Instant, cost: u64) {
         match self.buckets.back_mut() {
-            Some((start, n)) if now < later(*start, CREDIT_BUCKET) => *n = n.saturating_add(1),
-            _ => self.buckets.push_back((now, 1)),
+            Some((start, n)) if now < later(*start, CREDIT_BUCKET) => *n = n.saturating_add(cost),
+            _ => self.buckets.push_back((now, cost)),
         }
-        self.spent = self.spent.saturating_add(1);
+        self.spent = self.spent.saturating_add(cost);
         debug_assert!(self.buckets.len() as u128 <= CREDIT_WINDOW.as_nanos() / CREDIT_BUCKET.as_nanos() + 2);
     }
 }
@@ -304,8 +341,9 @@ impl RecoveryQueue {
                 None => Poll::Idle,
             };
         };
+        let cost = self.cost(&self.queue[index].key);
         if let Some(credits) = &mut self.credits {
-            if let Some(free_at) = credits.exhausted_until(now) {
+            if let Some(free_at) = credits.exhausted_until(now, cost) {
                 return Poll::OverBudget(free_at.max(gate));
             }
         }
@@ -318,7 +356,7 @@ impl RecoveryQueue {
         self.next_start_at = later(now, self.interval);
         self.sent = self.sent.saturating_add(1);
         if let Some(credits) = &mut self.credits {
-            credits.spend(now);
+            credits.spend(now, cost);
         }
         self.in_flight = Some(InFlight { key: entry.key.clone(), failures: entry.failures, requeue: false });
         Poll::Fetch(entry.key)
@@ -391,6 +429,28 @@ impl RecoveryQueue {
         }
     }
 
+    /// Credits a request for `key` costs.
+    fn cost(&self, key: &RecoveryKey) -> u64 {
+        if key.data_type == DataType::Trade {
+            self.policy.trade_page_credits
+        } else {
+            1
+        }
+    }
+
+    /// Queues the next page of a trade window whose request just completed (`Done`), first in
+    /// line: it takes the place the finished page held in the pending set.
+    pub fn continue_with(&mut self, key: RecoveryKey) {
+        self.members.insert(key.clone());
+        self.queue.push_front(Entry { key, ready_at: None, failures: 0 });
+    }
+
+    /// Whether the credit budget is spent at `now` (for the report of keys left at exit).
+    pub fn over_budget(&mut self, now: Instant) -> bool {
+        let cost = self.policy.trade_page_credits;
+        self.credits.as_mut().is_some_and(|c| c.exhausted_until(now, cost).is_some())
+    }
+
     /// Keys queued, retrying or in flight.
     pub fn pending(&self) -> usize {
         self.members.len()
@@ -450,7 +510,7 @@ mod tests {
     use crate::wire::DataType;
 
     fn key(symbol_id: &str) -> RecoveryKey {
-        RecoveryKey { symbol_id: symbol_id.to_string(), data_type: DataType::Trade }
+        RecoveryKey::state(symbol_id, DataType::Trade)
     }
 
     fn ms(n: u64) -> Duration {
@@ -466,6 +526,7 @@ mod tests {
             retry_cap: ms(8000),
             default_429_wait: ms(5000),
             budget_credits_per_day: None,
+            trade_page_credits: 1,
         }
     }
 
@@ -711,8 +772,8 @@ mod tests {
         let mut w = CreditWindow { limit: u64::MAX, buckets: VecDeque::new(), spent: 0 };
         let mut now = t0;
         for _ in 0..3 * 86_400 {
-            assert_eq!(w.exhausted_until(now), None);
-            w.spend(now);
+            assert_eq!(w.exhausted_until(now, 1), None);
+            w.spend(now, 1);
             now += Duration::from_secs(1);
         }
         assert!(w.buckets.len() <= 1442, "{} buckets", w.buckets.len());
@@ -753,5 +814,40 @@ mod tests {
         for (rps, want) in cases {
             assert_eq!(interval_for(*rps), *want, "rps {rps}");
         }
+    }
+
+    /// Proves paging covers a window: full pages continue from their last record's time (or
+    /// 100 ns on when a whole page shares one time), short pages end it, and a request never
+    /// crosses a UTC midnight.
+    #[test]
+    fn history_pages_cover_the_window_one_day_at_a_time() {
+        const DAY: i64 = 86_400_000_000_000;
+        let w = TradeWindow { id: 1, start_ns: 5 * DAY - 10, end_ns: 5 * DAY + 500, page_from_ns: 5 * DAY - 10 };
+        assert_eq!(page_end(&w, w.page_from_ns), 5 * DAY, "stops at midnight");
+        assert_eq!(next_page(&w, 5 * DAY, 3, 100, Some(5 * DAY - 1)), Some(5 * DAY), "short page: the next day");
+        let w2 = TradeWindow { page_from_ns: 5 * DAY, ..w };
+        assert_eq!(page_end(&w2, w2.page_from_ns), 5 * DAY + 500);
+        assert_eq!(next_page(&w2, 5 * DAY + 500, 100, 100, Some(5 * DAY + 20)), Some(5 * DAY + 20), "full page");
+        assert_eq!(next_page(&w2, 5 * DAY + 500, 100, 100, Some(5 * DAY)), Some(5 * DAY + 100), "one time only");
+        assert_eq!(next_page(&w2, 5 * DAY + 500, 99, 100, Some(5 * DAY + 20)), None, "covered");
+    }
+
+    /// Proves a trade page costs what CoinAPI charges for its `limit` against the budget.
+    #[test]
+    fn trade_pages_cost_their_limit_in_credits() {
+        let t0 = Instant::now();
+        let policy = RecoveryPolicy { budget_credits_per_day: Some(5), trade_page_credits: 2, ..policy(1000.0) };
+        let mut q = RecoveryQueue::new(policy, t0);
+        for s in ["A", "B", "C"] {
+            q.push(key(s));
+        }
+        let mut now = t0;
+        for _ in 0..2 {
+            let Poll::Fetch(k) = q.poll(now) else { panic!("fetch") };
+            assert_eq!(q.complete(&k, FetchOutcome::Ok { records: 1 }, now), Verdict::Done);
+            now += Duration::from_millis(10);
+        }
+        assert!(matches!(q.poll(now), Poll::OverBudget(_)), "4 spent: a third page (2) would make 6 > 5");
+        assert!(q.over_budget(now));
     }
 }

@@ -12,8 +12,9 @@ use serde_json::value::RawValue;
 use crate::config::limits::{REST_BODY_MAX_BYTES, REST_CONNECT_TIMEOUT_MAX};
 use crate::config::{ApiKey, RecoveryConfig};
 use crate::lanes::RecoveryKey;
-use crate::recovery::queue::FetchOutcome;
-use crate::wire::DataType;
+use crate::output::ndjson::TimestampFormatter;
+use crate::recovery::queue::{self, FetchOutcome};
+use crate::wire::{self, DataType};
 
 /// Period requested when an `ohlcv` stream has a gap (the stream's own period is not part of
 /// CoinAPI's sequence key).
@@ -28,6 +29,9 @@ pub struct RestAnswer {
     /// `X-RateLimit-Remaining` (may be negative) and `X-RateLimit-Request-Cost`, when sent.
     pub rate_limit_remaining: Option<i64>,
     pub request_cost: Option<u64>,
+    /// A history page: the exchange time of its last record, and where the page ended.
+    pub last_time_ns: Option<i64>,
+    pub page_end_ns: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,9 +69,21 @@ impl RestClient {
         self.agent.clone()
     }
 
-    /// The path and query that recovers `key`.
+    /// Trades asked for per request (`--recovery-trades-limit`).
+    pub fn trades_limit(&self) -> u32 {
+        self.trades_limit
+    }
+
+    /// The path and query that recovers `key`: a trade window's next history page, or a
+    /// stream's current state.
     pub fn path(&self, key: &RecoveryKey) -> String {
         let s = encode_path_segment(&key.symbol_id);
+        if let (DataType::Trade, Some(w)) = (key.data_type, &key.window) {
+            let mut f = TimestampFormatter::default();
+            let start = f.format(i128::from(w.page_from_ns)).to_string();
+            let end = f.format(i128::from(queue::page_end(w, w.page_from_ns))).to_string();
+            return format!("/v1/trades/{s}/history?time_start={start}&time_end={end}&limit={}", self.trades_limit);
+        }
         match key.data_type {
             DataType::Trade => format!("/v1/trades/{s}/latest?limit={}", self.trades_limit),
             DataType::Quote => format!("/v1/quotes/{s}/current"),
@@ -86,6 +102,8 @@ impl RestClient {
             records: Vec::new(),
             rate_limit_remaining: None,
             request_cost: None,
+            last_time_ns: None,
+            page_end_ns: key.window.as_ref().map(|w| queue::page_end(w, w.page_from_ns)),
         };
         let mut response = match self
             .agent
@@ -114,7 +132,13 @@ impl RestClient {
         answer.outcome = match (status, body) {
             (200, Ok(body)) => match parse_records(&body) {
                 Ok(mut records) => {
-                    if key.data_type == DataType::Trade {
+                    if key.window.is_some() {
+                        // History is oldest first already.
+                        answer.last_time_ns = records.last().and_then(|r| {
+                            let t = wire::scan_field(r.get().as_bytes(), b"time_exchange")?;
+                            wire::parse_timestamp_ns(std::str::from_utf8(t).ok()?)
+                        });
+                    } else if key.data_type == DataType::Trade {
                         records.reverse();
                     }
                     let n = records.len() as u64;

@@ -21,11 +21,14 @@ pub struct Head<'a> {
     pub symbol_id: Option<Cow<'a, str>>,
     pub sequence: Option<u64>,
     pub uuid: Option<Cow<'a, str>>,
+    pub time_exchange: Option<Cow<'a, str>>,
+    pub is_snapshot: Option<bool>,
 }
 
 /// Validates `text` as one JSON object and returns its head fields. `type` is required to be a
-/// string; `symbol_id` and `uuid` are strings or null; `sequence` an unsigned 64-bit integer or
-/// null. A head field given twice is an error (as with serde).
+/// string; `symbol_id`, `uuid` and `time_exchange` are strings or null; `sequence` an unsigned
+/// 64-bit integer or null; `is_snapshot` a boolean or null. A head field given twice is an error
+/// (as with serde).
 pub fn scan_object(text: &str) -> Result<Head<'_>, String> {
     let mut s = Scanner { b: text.as_bytes(), text, i: 0 };
     s.ws();
@@ -34,7 +37,8 @@ pub fn scan_object(text: &str) -> Result<Head<'_>, String> {
     }
     s.i += 1;
     let (mut kind, mut symbol_id, mut sequence, mut uuid) = (None, None, None, None);
-    let mut seen = [false; 4];
+    let (mut time_exchange, mut is_snapshot) = (None, None);
+    let mut seen = [false; HEAD_FIELDS.len()];
     s.ws();
     if s.peek() == Some(b'}') {
         s.i += 1;
@@ -58,7 +62,9 @@ pub fn scan_object(text: &str) -> Result<Head<'_>, String> {
                         0 => kind = Some(s.string()?),
                         1 => symbol_id = s.null_or(Scanner::string)?,
                         2 => sequence = s.null_or(Scanner::unsigned)?,
-                        _ => uuid = s.null_or(Scanner::string)?,
+                        3 => uuid = s.null_or(Scanner::string)?,
+                        4 => time_exchange = s.null_or(Scanner::string)?,
+                        _ => is_snapshot = s.null_or(Scanner::boolean)?,
                     }
                 }
             }
@@ -78,10 +84,10 @@ pub fn scan_object(text: &str) -> Result<Head<'_>, String> {
         return Err(s.err("trailing characters"));
     }
     let kind = kind.ok_or_else(|| "missing field `type`".to_string())?;
-    Ok(Head { kind, symbol_id, sequence, uuid })
+    Ok(Head { kind, symbol_id, sequence, uuid, time_exchange, is_snapshot })
 }
 
-const HEAD_FIELDS: [&str; 4] = ["type", "symbol_id", "sequence", "uuid"];
+const HEAD_FIELDS: [&str; 6] = ["type", "symbol_id", "sequence", "uuid", "time_exchange", "is_snapshot"];
 
 struct Scanner<'a> {
     b: &'a [u8],
@@ -190,6 +196,14 @@ impl<'a> Scanner<'a> {
         }
         self.i += digits;
         self.text[start..self.i].parse().map_err(|_| format!("number at byte {start} does not fit 64 bits"))
+    }
+
+    fn boolean(&mut self) -> Result<bool, String> {
+        match self.peek() {
+            Some(b't') => self.literal(b"true").map(|()| true),
+            Some(b'f') => self.literal(b"false").map(|()| false),
+            _ => Err(self.err("expected a boolean")),
+        }
     }
 
     /// Skips any JSON value.

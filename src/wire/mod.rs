@@ -158,6 +158,10 @@ pub struct Decoded<'a> {
     pub symbol_id: Option<Cow<'a, str>>,
     pub sequence: Option<u64>,
     pub uuid: Option<Cow<'a, str>>,
+    /// A trade's exchange time (CoinAPI's timestamp text), when sent.
+    pub time_exchange: Option<Cow<'a, str>>,
+    /// A book message's `is_snapshot`, when sent.
+    pub is_snapshot: Option<bool>,
 }
 
 /// Why a frame was not written.
@@ -174,16 +178,12 @@ pub enum Reject {
 /// valid UTF-8 already.
 pub fn decode(frame: &str) -> Result<Decoded<'_>, Reject> {
     let head = json_scan::scan_object(frame).map_err(Reject::Malformed)?;
-    check_head(head.kind, head.symbol_id, head.sequence, head.uuid)
+    check_head(head)
 }
 
 /// The rules on top of JSON validity: a known type, and the fields its handling relies on.
-fn check_head<'a>(
-    kind: Cow<'a, str>,
-    symbol_id: Option<Cow<'a, str>>,
-    sequence: Option<u64>,
-    uuid: Option<Cow<'a, str>>,
-) -> Result<Decoded<'a>, Reject> {
+fn check_head(head: json_scan::Head<'_>) -> Result<Decoded<'_>, Reject> {
+    let json_scan::Head { kind, symbol_id, sequence, uuid, time_exchange, is_snapshot } = head;
     let Some(data_type) = DataType::parse(&kind) else {
         return Err(Reject::UnknownType(kind.into_owned()));
     };
@@ -199,7 +199,53 @@ fn check_head<'a>(
     if data_type == DataType::Trade && uuid.is_none() {
         return Err(Reject::Malformed("trade without uuid".to_string()));
     }
-    Ok(Decoded { data_type, symbol_id, sequence, uuid })
+    Ok(Decoded { data_type, symbol_id, sequence, uuid, time_exchange, is_snapshot })
+}
+
+/// Nanoseconds since the Unix epoch of a CoinAPI timestamp (`2017-03-18T22:42:21.3763342Z`:
+/// UTC, 0 to 9 fractional digits, `Z`). `None` for anything else: a trade whose time cannot be
+/// read is still written, it only cannot bound a recovery window.
+pub fn parse_timestamp_ns(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b[r].iter().try_fold(0i64, |n, &c| c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0')))
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let rest = &b[19..];
+    let (frac, tail) = match rest.first() {
+        Some(b'.') => {
+            let digits = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits == 0 || digits > 9 {
+                return None;
+            }
+            (&rest[1..=digits], &rest[1 + digits..])
+        }
+        _ => (&rest[..0], rest),
+    };
+    if tail != b"Z" {
+        return None;
+    }
+    let mut nanos = frac.iter().fold(0i64, |n, &c| n * 10 + i64::from(c - b'0'));
+    for _ in frac.len()..9 {
+        nanos *= 10;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), proleptic Gregorian.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
 #[cfg(test)]
@@ -221,6 +267,10 @@ mod tests {
         sequence: Option<u64>,
         #[serde(default, borrow, deserialize_with = "optional_cow")]
         uuid: Option<Cow<'a, str>>,
+        #[serde(default, borrow, deserialize_with = "optional_cow")]
+        time_exchange: Option<Cow<'a, str>>,
+        #[serde(default)]
+        is_snapshot: Option<bool>,
     }
 
     /// serde's `borrow` does not reach through `Option`: a plain `Option<Cow<str>>` field always
@@ -269,10 +319,40 @@ mod tests {
             return Err(Reject::Malformed("not a JSON object".to_string()));
         }
         let head: Head<'_> = serde_json::from_str(frame).map_err(|e| Reject::Malformed(e.to_string()))?;
-        check_head(head.kind, head.symbol_id, head.sequence, head.uuid)
+        check_head(json_scan::Head {
+            kind: head.kind,
+            symbol_id: head.symbol_id,
+            sequence: head.sequence,
+            uuid: head.uuid,
+            time_exchange: head.time_exchange,
+            is_snapshot: head.is_snapshot,
+        })
     }
 
     const TRADE: &str = r#"{"type":"trade","symbol_id":"BITSTAMP_SPOT_BTC_USD","sequence":2323346,"time_exchange":"2013-09-28T22:40:50.0000000Z","time_coinapi":"2017-03-18T22:42:21.3763342Z","uuid":"770C7A3B-7258-4441-8182-83740F3E2457","price":770.000000000,"size":0.0189885151556305438646080756,"taker_side":"BUY"}"#;
+
+    /// Proves timestamps parse to the nanosecond, with any number of fractional digits, and
+    /// that anything else is refused rather than misread.
+    #[test]
+    fn timestamps_parse_exactly() {
+        assert_eq!(parse_timestamp_ns("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_timestamp_ns("2017-03-18T22:42:21.3763342Z"), Some(1_489_876_941_376_334_200));
+        assert_eq!(parse_timestamp_ns("2017-03-18T22:42:21.376334201Z"), Some(1_489_876_941_376_334_201));
+        assert_eq!(parse_timestamp_ns("2024-02-29T23:59:59.5Z"), Some(1_709_251_199_500_000_000));
+        assert_eq!(parse_timestamp_ns("1969-12-31T23:59:59.9Z"), Some(-100_000_000));
+        for bad in [
+            "",
+            "2017-03-18 22:42:21Z",
+            "2017-03-18T22:42:21",
+            "2017-13-18T22:42:21Z",
+            "2017-03-18T22:42:21.Z",
+            "2017-03-18T22:42:21.1234567890Z",
+            "2017-03-18T22:42:21.3+01:00",
+            "２017-03-18T22:42:21Z",
+        ] {
+            assert_eq!(parse_timestamp_ns(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn scan_field_finds_keys_not_lookalikes() {

@@ -65,36 +65,67 @@ fn hash_id(id: &str) -> u128 {
 /// FIFO exactly to `capacity`, the set to twice it, so that however many evictions leave
 /// tombstones the table is rehashed in place (it holds at most half its capacity) rather than
 /// grown. That fixes the cost of an id at `TRADE_ID_BYTES` at most (a test holds it).
+///
+/// Each id keeps its trade's exchange time beside it (`times`, in the same order), so a recovery
+/// window can pin the ids the stream delivered inside it before they are evicted.
 #[derive(Debug, Default)]
 pub struct RecentIds {
     order: VecDeque<u128>,
+    times: VecDeque<i64>,
     set: FxHashSet<u128>,
+}
+
+/// A trade id as the fixed 16-byte key every id memory uses; `None` for an id that identifies
+/// nothing reliably (empty, or longer than `MAX_TRADE_ID_LEN`).
+pub fn id_key(id: &str) -> Option<u128> {
+    match parse_uuid(id) {
+        Some(value) => Some(value),
+        // An empty id identifies nothing: remembering it would drop every later id-less trade.
+        None if id.is_empty() || id.len() > MAX_TRADE_ID_LEN => None,
+        None => Some(hash_id(id)),
+    }
 }
 
 impl RecentIds {
     /// Classifies `id` and remembers it if new; `capacity` is the memory's depth.
     pub fn insert(&mut self, id: &str, capacity: usize) -> TradeId {
-        let key = match parse_uuid(id) {
-            Some(value) => value,
-            // An empty id identifies nothing: remembering it would drop every later id-less trade.
-            None if id.is_empty() || id.len() > MAX_TRADE_ID_LEN => return TradeId::Unremembered,
-            None => hash_id(id),
-        };
+        match id_key(id) {
+            Some(key) => self.insert_key(key, i64::MIN, capacity),
+            None => TradeId::Unremembered,
+        }
+    }
+
+    /// Whether `key` is remembered.
+    pub fn contains(&self, key: u128) -> bool {
+        self.set.contains(&key)
+    }
+
+    /// The remembered ids with their trade times (`i64::MIN`: unknown), oldest first.
+    pub fn keys_with_times(&self) -> impl Iterator<Item = (u128, i64)> + '_ {
+        self.order.iter().copied().zip(self.times.iter().copied())
+    }
+
+    /// Classifies the id `key` of a trade at `time_ns` (`i64::MIN`: unknown) and remembers it
+    /// if new.
+    pub fn insert_key(&mut self, key: u128, time_ns: i64, capacity: usize) -> TradeId {
         if self.set.contains(&key) {
             return TradeId::Seen;
         }
         if self.order.capacity() == 0 {
             self.order = VecDeque::with_capacity(capacity);
+            self.times = VecDeque::with_capacity(capacity);
             self.set = FxHashSet::with_capacity_and_hasher(2 * capacity, Default::default());
         }
         // Once the memory is full, pushing reuses the space of the evicted id: no allocation in
         // the steady state.
         if self.order.len() >= capacity {
             if let Some(oldest) = self.order.pop_front() {
+                self.times.pop_front();
                 self.set.remove(&oldest);
             }
         }
         self.order.push_back(key);
+        self.times.push_back(time_ns);
         self.set.insert(key);
         TradeId::New
     }
@@ -174,7 +205,7 @@ mod tests {
             // hashbrown: a bucket per slot (16 bytes) plus a control byte; capacity is 7/8 of
             // the buckets.
             let buckets = (ids.set.capacity() * 8 / 7).next_power_of_two();
-            let bytes = ids.order.capacity() * 16 + buckets * 17;
+            let bytes = ids.order.capacity() * 16 + ids.times.capacity() * 8 + buckets * 17;
             assert!(bytes <= capacity * TRADE_ID_BYTES, "{capacity}: {bytes} bytes = {} per id", bytes / capacity);
         }
     }

@@ -20,19 +20,21 @@
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::config::limits::BATCH_BYTES;
-use crate::lanes::{Frame, RecoveryKey, RecoveryResult, WorkerInput};
+use crate::lanes::{Budget, Frame, RecoveryKey, RecoveryResult, Resyncs, TradeWindow, Unrecovered, WorkerInput};
 use crate::metrics::Metrics;
-use crate::output::ndjson::{Batch, ControlLine, GapCause, RecoveryStatus, TimestampFormatter};
+use crate::output::ndjson::{Batch, ControlLine, GapCause, RecoveryFailure, RecoveryReport, TimestampFormatter};
 use crate::recovery::handle::RecoveryHandle;
 use crate::wire::{self, DataType, Reject};
 
 pub mod dedup;
 pub mod sequence;
 pub mod symbols;
+pub mod windows;
 
 use dedup::TradeId;
 use sequence::SeqOutcome;
-use symbols::{SymbolTable, TableLimits};
+use symbols::{SymbolTable, TableLimits, WindowAllowance};
+use windows::{Closed, TooManyGaps};
 
 /// A symbol with no data for this long counts as silent in the health line. Quiet markets are
 /// normal, so silence is only reported, never a reason to reconnect.
@@ -43,6 +45,22 @@ const SILENCE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// Malformed frames logged at `warn` per worker before the rest go to `debug` (all are counted).
 const MALFORMED_WARNINGS_MAX: u64 = 5;
 
+/// Stream trade ids all of a worker's trade windows may pin together (~40 bytes each).
+const PINS_PER_WORKER_MAX: usize = 500_000;
+
+/// The report of a gap that could not be recovered at all.
+fn unrecovered(missing: Option<u64>, reason: Unrecovered) -> RecoveryReport<'static> {
+    RecoveryReport {
+        window: None,
+        missing,
+        requests: 0,
+        records: 0,
+        recovered: 0,
+        duplicates: 0,
+        failure: Some(RecoveryFailure { attempts: 0, error: "", reason }),
+    }
+}
+
 #[derive(Debug)]
 pub struct Worker<'a> {
     pub id: usize,
@@ -50,6 +68,9 @@ pub struct Worker<'a> {
     name: String,
     metrics: &'a Metrics,
     recovery: Option<&'a RecoveryHandle>,
+    resyncs: Option<&'a Resyncs>,
+    /// Window ids and the pins left for this worker's trade windows.
+    windows: WindowAllowance,
     timestamps: TimestampFormatter,
     batch: Batch,
     warnings: u64,
@@ -69,6 +90,8 @@ impl<'a> Worker<'a> {
             name: format!("worker-{id}"),
             metrics,
             recovery: None,
+            resyncs: None,
+            windows: WindowAllowance { next_id: 1, pins_left: PINS_PER_WORKER_MAX },
             timestamps: TimestampFormatter::default(),
             batch: Batch::with_capacity(BATCH_BYTES * 2),
             warnings: 0,
@@ -79,14 +102,17 @@ impl<'a> Worker<'a> {
         }
     }
 
-    pub fn with_recovery(mut self, recovery: &'a RecoveryHandle) -> Worker<'a> {
+    pub fn with_recovery(mut self, recovery: &'a RecoveryHandle, resyncs: &'a Resyncs) -> Worker<'a> {
         self.recovery = Some(recovery);
+        self.resyncs = Some(resyncs);
         self
     }
 
     /// Runs until the reader is gone and the input is drained, then hands over the last batch.
-    /// Returns early only if the writer has gone (stdout closed).
-    pub fn run(mut self, rx: Receiver<WorkerInput>, out: Sender<Batch>) {
+    /// Returns early only if the writer has gone (stdout closed). Each input handled is released
+    /// from `budget` once it has been dropped.
+    pub fn run(mut self, rx: Receiver<WorkerInput>, out: Sender<Batch>, budget: &Budget) {
+        let mut handled_bytes = 0u64;
         loop {
             let input = match rx.try_recv() {
                 Ok(input) => input,
@@ -105,7 +131,10 @@ impl<'a> Worker<'a> {
                 }
                 Err(TryRecvError::Disconnected) => break,
             };
+            let cost = input.cost();
             self.handle(input);
+            handled_bytes += cost;
+            budget.set_handled(self.id, handled_bytes);
             if self.batch.len() >= BATCH_BYTES {
                 self.metrics.set_queue_depth(self.id, rx.len());
                 if !self.flush(&out) {
@@ -113,7 +142,27 @@ impl<'a> Worker<'a> {
                 }
             }
         }
+        self.windows_left_at_exit(crate::clock::unix_now_ns());
         self.flush(&out);
+    }
+
+    /// The trade windows no answer came for before the run ended (a reconnect window still
+    /// waiting for its end, or one whose key the recovery thread no longer held): each gets its
+    /// `recovery` line, so what was lost is said.
+    pub fn windows_left_at_exit(&mut self, now_unix_ns: i128) {
+        for (symbol, w) in self.symbols.drain_windows() {
+            self.windows.pins_left += w.pins();
+            let report = RecoveryReport {
+                window: Some((w.start_ns, w.end_ns.unwrap_or(w.start_ns))),
+                missing: w.missing,
+                requests: w.pages,
+                records: w.records,
+                recovered: w.recovered,
+                duplicates: w.duplicates,
+                failure: Some(RecoveryFailure { attempts: 0, error: "", reason: Unrecovered::PendingAtExit }),
+            };
+            self.report(&symbol, DataType::Trade, report, now_unix_ns);
+        }
     }
 
     pub fn handle(&mut self, input: WorkerInput) {
@@ -146,43 +195,92 @@ impl<'a> Worker<'a> {
         if frame.generation > self.symbols.generation() {
             self.start_generation(frame.generation, now);
         }
-        if let Some(symbol) = decoded.symbol_id.as_deref() {
-            let current = frame.generation == self.symbols.generation();
-            let capacity = self.symbols.limits().trade_ids_per_symbol;
-            let (data_type, sequence, uuid) = (decoded.data_type, decoded.sequence, decoded.uuid.as_deref());
-            // One lookup: sequence, trade id and silence in one visit of the symbol's entry.
-            let visit = self.symbols.with_symbol(symbol, now, |state| {
-                state.last_data_unix_ns = now;
-                let outcome = match sequence {
-                    Some(s) if current => state.observe(data_type, s),
-                    Some(_) => SeqOutcome::Stale,
-                    None => SeqOutcome::First,
-                };
-                let id = match (data_type, uuid) {
-                    (DataType::Trade, Some(uuid)) => state.trade(uuid, capacity),
-                    _ => TradeId::New,
-                };
-                (outcome, id)
-            });
-            if now - self.last_silence_check_ns >= SILENCE_CHECK.as_nanos() as i128 {
-                self.count_silent(now);
-            }
-            let Some((outcome, id)) = visit else {
-                self.metrics.symbols_untracked.add(1);
-                self.push_market(bytes, now);
-                return;
+        let Some(symbol) = decoded.symbol_id.as_deref() else {
+            self.push_market(bytes, now);
+            return;
+        };
+        let generation = frame.generation;
+        let current = generation == self.symbols.generation();
+        let capacity = self.symbols.limits().trade_ids_per_symbol;
+        let (data_type, sequence, uuid) = (decoded.data_type, decoded.sequence, decoded.uuid.as_deref());
+        let trade_time = match data_type {
+            DataType::Trade => decoded.time_exchange.as_deref().and_then(wire::parse_timestamp_ns),
+            _ => None,
+        };
+        let is_snapshot = decoded.is_snapshot == Some(true);
+        let resync = self.resyncs.is_some();
+        let allowance = &mut self.windows;
+        // One lookup: sequence, trade id, windows and silence in one visit of the symbol's entry.
+        let visit = self.symbols.with_symbol(symbol, now, |state| {
+            state.last_data_unix_ns = now;
+            let mut outcome = match sequence {
+                Some(s) if current => state.observe(data_type, s),
+                Some(_) => SeqOutcome::Stale,
+                None => SeqOutcome::First,
             };
-            match outcome {
-                SeqOutcome::Gap { expected, received, missing } => {
-                    self.metrics.gaps.add(1);
-                    let cause = GapCause::Sequence { expected, received, missing };
-                    self.gap(data_type, symbol, cause, frame.generation, now);
+            let withheld = match data_type {
+                DataType::Book | DataType::BookL3 if resync => {
+                    let gap = matches!(outcome, SeqOutcome::Gap { .. }) && !is_snapshot;
+                    if gap {
+                        // A delta after a gap applies to a book that lost changes: withheld, like
+                        // every delta until the resubscription's snapshot. The gap is reported.
+                        state.start_resync(data_type);
+                        true
+                    } else {
+                        state.book_step(data_type, is_snapshot, &mut outcome)
+                    }
                 }
-                SeqOutcome::Duplicate { .. } => self.metrics.sequence_repeats.add(1),
-                SeqOutcome::Regression { .. } => self.metrics.sequence_regressions.add(1),
-                SeqOutcome::First | SeqOutcome::InOrder | SeqOutcome::Stale | SeqOutcome::Untracked => {}
+                _ => false,
+            };
+            let trade = match (data_type, uuid) {
+                (DataType::Trade, Some(uuid)) => {
+                    let missing = match outcome {
+                        SeqOutcome::Gap { missing, .. } => Some(missing),
+                        _ => None,
+                    };
+                    Some(state.stream_trade(uuid, trade_time, missing, generation, now, capacity, allowance))
+                }
+                _ => None,
+            };
+            (outcome, withheld, trade)
+        });
+        if now - self.last_silence_check_ns >= SILENCE_CHECK.as_nanos() as i128 {
+            self.count_silent(now);
+        }
+        let Some((outcome, withheld, trade)) = visit else {
+            self.metrics.symbols_untracked.add(1);
+            self.push_market(bytes, now);
+            return;
+        };
+        match outcome {
+            SeqOutcome::Gap { expected, received, missing } => {
+                self.metrics.gaps.add(1);
+                let cause = GapCause::Sequence { expected, received, missing };
+                self.gap_line(data_type, symbol, cause, generation, now);
+                match trade.as_ref().and_then(|t| t.opened) {
+                    // Requested once it has settled (see `windows.rs`).
+                    Some(Ok(_)) => {}
+                    Some(Err(TooManyGaps)) => {
+                        self.unrecovered_line(symbol, Some(missing), Unrecovered::TooManyGaps, now);
+                    }
+                    // A trade without a readable time, or another type.
+                    None => self.recover_stream(data_type, symbol, Some(missing), now),
+                }
             }
-            if id == TradeId::Seen {
+            SeqOutcome::Duplicate { .. } => self.metrics.sequence_repeats.add(1),
+            SeqOutcome::Regression { .. } => self.metrics.sequence_regressions.add(1),
+            SeqOutcome::First | SeqOutcome::InOrder | SeqOutcome::Stale | SeqOutcome::Untracked => {}
+        }
+        if withheld {
+            self.metrics.book_withheld.add(1);
+            return;
+        }
+        if let Some(trade) = trade {
+            self.metrics.pins_refused.add(trade.pins_refused);
+            for window in trade.due {
+                self.request_window(symbol, window, now);
+            }
+            if trade.id == TradeId::Seen {
                 self.metrics.duplicate_trades.add(1);
                 return;
             }
@@ -195,7 +293,8 @@ impl<'a> Worker<'a> {
         self.batch.push_market(bytes, recv_time);
     }
 
-    /// Re-counts the symbols silent for `SILENCE_NS` and publishes the change.
+    /// Re-counts the symbols silent for `SILENCE_NS` and publishes the change; requests the
+    /// trade windows now due (of symbols that trade no more, or slowly).
     fn count_silent(&mut self, now_ns: i128) {
         self.last_silence_check_ns = now_ns;
         let silent = self.symbols.count_silent(now_ns, SILENCE_NS);
@@ -203,37 +302,159 @@ impl<'a> Worker<'a> {
             self.metrics.silent_symbols.add(silent.wrapping_sub(self.silent));
             self.silent = silent;
         }
+        for (symbol, window) in self.symbols.due_windows(now_ns) {
+            self.request_window(&symbol, window, now_ns);
+        }
     }
 
-    /// A new connection: every stream live on the previous one has a gap of unknown size.
+    /// A new connection: every stream live on the previous one has a gap of unknown size. A
+    /// trade stream's window opens at its last trade and closes at its first one on the new
+    /// connection; the other streams are recovered (or resynced) as their type allows.
     fn start_generation(&mut self, generation: u64, at_unix_ns: i128) {
         for (data_type, symbol) in self.symbols.start_generation(generation) {
             self.metrics.reconnect_gaps.add(1);
-            self.gap(data_type, &symbol, GapCause::Reconnect, generation, at_unix_ns);
+            self.gap_line(data_type, &symbol, GapCause::Reconnect, generation, at_unix_ns);
+            if data_type != DataType::Trade {
+                // Book streams need no resync: the new connection's hello brings fresh snapshots.
+                if !matches!(data_type, DataType::Book | DataType::BookL3) {
+                    self.recover_stream(data_type, &symbol, None, at_unix_ns);
+                }
+                continue;
+            }
+            let allowance = &mut self.windows;
+            let opened = self
+                .symbols
+                .with_symbol(&symbol, at_unix_ns, |s| s.open_reconnect_window(generation, at_unix_ns, allowance))
+                .flatten();
+            match opened {
+                Some(Ok(_)) => {}
+                Some(Err(TooManyGaps)) => self.unrecovered_line(&symbol, None, Unrecovered::TooManyGaps, at_unix_ns),
+                None => self.recover_stream(data_type, &symbol, None, at_unix_ns),
+            }
         }
     }
 
-    /// Writes a `gap` control line and queues the stream for recovery.
-    fn gap(&mut self, data_type: DataType, symbol_id: &str, cause: GapCause, generation: u64, at_unix_ns: i128) {
+    /// Writes a `gap` control line.
+    fn gap_line(&mut self, data_type: DataType, symbol_id: &str, cause: GapCause, generation: u64, at_unix_ns: i128) {
         let line = ControlLine::Gap { data_type, symbol_id, cause, generation };
         self.batch.push_control(&line, self.timestamps.format(at_unix_ns));
-        if let Some(recovery) = self.recovery {
-            recovery.request(RecoveryKey { symbol_id: symbol_id.to_string(), data_type }, self.metrics);
+    }
+
+    /// Recovers a gap of a stream that has no trade window, as its type allows: state (quote,
+    /// OHLCV; trades without a readable time) by its current value over REST; `book5/20/50`
+    /// need nothing (every message is a whole snapshot); a `book` stream is resubscribed.
+    fn recover_stream(&mut self, data_type: DataType, symbol_id: &str, missing: Option<u64>, at_unix_ns: i128) {
+        match data_type {
+            DataType::Book5 | DataType::Book20 | DataType::Book50 | DataType::Exrate => {}
+            DataType::Book | DataType::BookL3 => self.resync(data_type, symbol_id),
+            DataType::Trade | DataType::Quote | DataType::Ohlcv => {
+                let Some(recovery) = self.recovery else {
+                    return;
+                };
+                if !recovery.request(RecoveryKey::state(symbol_id, data_type), self.metrics) {
+                    let line = ControlLine::Recovery {
+                        symbol_id,
+                        data_type,
+                        report: unrecovered(missing, Unrecovered::QueueFull),
+                    };
+                    self.batch.push_control(&line, self.timestamps.format(at_unix_ns));
+                }
+            }
         }
     }
 
-    /// Writes recovered records (skipping trades already written) and the `recovery` line.
+    /// Asks the reader to resubscribe a book stream whose deltas are now withheld until the new
+    /// snapshot arrives (`SymbolState::start_resync`, set where the gap was seen).
+    fn resync(&mut self, data_type: DataType, symbol_id: &str) {
+        let Some(resyncs) = self.resyncs else {
+            return;
+        };
+        if resyncs.request(data_type, symbol_id) {
+            self.metrics.book_resyncs.add(1);
+        } else {
+            log::warn!("{}: resubscription set full: {symbol_id} {} stays unresynced", self.name, data_type.as_str());
+            self.symbols.with_symbol(symbol_id, 0, |s| s.end_resync(data_type));
+        }
+    }
+
+    /// Queues a closed trade window for its REST history pages.
+    fn request_window(&mut self, symbol_id: &str, w: Closed, at_unix_ns: i128) {
+        let Some(recovery) = self.recovery else {
+            return;
+        };
+        let window = TradeWindow { id: w.id, start_ns: w.start_ns, end_ns: w.end_ns, page_from_ns: w.start_ns };
+        let key = RecoveryKey { symbol_id: symbol_id.to_string(), data_type: DataType::Trade, window: Some(window) };
+        if !recovery.request(key, self.metrics) {
+            self.finish_window(
+                symbol_id,
+                w.id,
+                Some(RecoveryFailure { attempts: 0, error: "", reason: Unrecovered::QueueFull }),
+                at_unix_ns,
+            );
+        }
+    }
+
+    /// A `recovery` line for a gap that could not even be queued.
+    fn unrecovered_line(&mut self, symbol_id: &str, missing: Option<u64>, reason: Unrecovered, at_unix_ns: i128) {
+        self.metrics.unrecovered.add(missing.unwrap_or(0));
+        self.metrics.recovery_failed.add(1);
+        let line =
+            ControlLine::Recovery { symbol_id, data_type: DataType::Trade, report: unrecovered(missing, reason) };
+        self.batch.push_control(&line, self.timestamps.format(at_unix_ns));
+    }
+
+    /// Closes trade window `id` of `symbol_id` with its `recovery` line.
+    fn finish_window(&mut self, symbol_id: &str, id: u64, failure: Option<RecoveryFailure<'_>>, at_unix_ns: i128) {
+        let window = self.symbols.with_symbol(symbol_id, at_unix_ns, |s| s.trade_gaps.remove(id)).flatten();
+        let Some(w) = window else {
+            return;
+        };
+        self.windows.pins_left += w.pins();
+        let report = RecoveryReport {
+            window: Some((w.start_ns, w.end_ns.unwrap_or(w.start_ns))),
+            missing: w.missing,
+            requests: w.pages,
+            records: w.records,
+            recovered: w.recovered,
+            duplicates: w.duplicates,
+            failure,
+        };
+        self.report(symbol_id, DataType::Trade, report, at_unix_ns);
+    }
+
+    /// Writes a `recovery` line and adds it to the totals.
+    fn report(&mut self, symbol_id: &str, data_type: DataType, report: RecoveryReport<'_>, at_unix_ns: i128) {
+        if report.failure.is_some() {
+            self.metrics.recovery_failed.add(1);
+        } else {
+            self.metrics.recovery_ok.add(1);
+        }
+        if let Some((Some(n), _)) = report.unrecovered() {
+            self.metrics.unrecovered.add(n);
+        }
+        self.metrics.recovery_duplicates.add(report.duplicates);
+        let line = ControlLine::Recovery { symbol_id, data_type, report };
+        self.batch.push_control(&line, self.timestamps.format(at_unix_ns));
+    }
+
+    /// Writes recovered records (skipping trades already written) and, when the recovery is
+    /// complete, its `recovery` line.
     fn handle_recovery(&mut self, result: RecoveryResult) {
         match result {
-            RecoveryResult::Recovered { key, records, recv_unix_ns } => {
-                let (mut written, mut duplicates) = (0u64, 0u64);
+            RecoveryResult::Recovered { key, records, recv_unix_ns, more } => {
                 let capacity = self.symbols.limits().trade_ids_per_symbol;
+                let window = key.window.map(|w| w.id);
+                let (mut recovered, mut duplicates) = (0u64, 0u64);
                 for record in &records {
                     let text = record.get().as_bytes();
                     if key.data_type == DataType::Trade {
                         let uuid = wire::scan_field(text, b"uuid").and_then(|u| std::str::from_utf8(u).ok());
                         if let Some(uuid) = uuid {
-                            match self.symbols.with_symbol(&key.symbol_id, recv_unix_ns, |s| s.trade(uuid, capacity)) {
+                            let pins = &mut self.windows.pins_left;
+                            let seen = self.symbols.with_symbol(&key.symbol_id, recv_unix_ns, |s| {
+                                s.recovered_trade(window, uuid, capacity, pins)
+                            });
+                            match seen {
                                 Some(TradeId::Seen) => {
                                     duplicates += 1;
                                     continue;
@@ -245,18 +466,43 @@ impl<'a> Worker<'a> {
                     }
                     let recv_time = self.timestamps.format(recv_unix_ns);
                     self.batch.push_rest(text, key.data_type, &key.symbol_id, recv_time);
-                    written += 1;
+                    recovered += 1;
                 }
-                self.metrics.recovery_ok.add(1);
-                let status = RecoveryStatus::Ok { records: records.len() as u64, written, duplicates };
-                let line = ControlLine::Recovery { symbol_id: &key.symbol_id, data_type: key.data_type, status };
-                self.batch.push_control(&line, self.timestamps.format(recv_unix_ns));
+                let n = records.len() as u64;
+                let Some(id) = window else {
+                    let report = RecoveryReport {
+                        window: None,
+                        missing: None,
+                        requests: 1,
+                        records: n,
+                        recovered,
+                        duplicates,
+                        failure: None,
+                    };
+                    self.report(&key.symbol_id, key.data_type, report, recv_unix_ns);
+                    return;
+                };
+                self.symbols.with_symbol(&key.symbol_id, recv_unix_ns, |s| {
+                    if let Some(w) = s.trade_gaps.get_mut(id) {
+                        w.pages += 1;
+                        w.records += n;
+                        w.recovered += recovered;
+                        w.duplicates += duplicates;
+                    }
+                });
+                if !more {
+                    self.finish_window(&key.symbol_id, id, None, recv_unix_ns);
+                }
             }
-            RecoveryResult::Failed { key, attempts, error, at_unix_ns } => {
-                self.metrics.recovery_failed.add(1);
-                let status = RecoveryStatus::Failed { attempts, error: &error };
-                let line = ControlLine::Recovery { symbol_id: &key.symbol_id, data_type: key.data_type, status };
-                self.batch.push_control(&line, self.timestamps.format(at_unix_ns));
+            RecoveryResult::Failed { key, attempts, error, reason, at_unix_ns } => {
+                let failure = RecoveryFailure { attempts, error: &error, reason };
+                match key.window {
+                    Some(w) => self.finish_window(&key.symbol_id, w.id, Some(failure), at_unix_ns),
+                    None => {
+                        let report = RecoveryReport { failure: Some(failure), ..unrecovered(None, reason) };
+                        self.report(&key.symbol_id, key.data_type, report, at_unix_ns);
+                    }
+                }
             }
         }
     }
@@ -357,9 +603,10 @@ mod tests {
             w.handle(frame(r#"{"type":"trade","symbol_id":"A","sequence":5,"uuid":"u5"}"#));
             w.handle(WorkerInput::Connected { generation: 2, at_unix_ns: 1_489_876_942_000_000_000 });
             w.handle(WorkerInput::Recovery(RecoveryResult::Failed {
-                key: RecoveryKey { symbol_id: "A".into(), data_type: DataType::Trade },
+                key: RecoveryKey::state("A", DataType::Trade),
                 attempts: 5,
                 error: "HTTP 503".into(),
+                reason: Unrecovered::RestFailed,
                 at_unix_ns: 1_489_876_943_000_000_000,
             }));
             text(&w.take_batch())
@@ -372,10 +619,59 @@ mod tests {
         );
         assert!(
             first
-                .contains(r#""status":"failed","attempts":5,"error":"HTTP 503","time":"2017-03-18T22:42:23.0000000Z""#),
+                .contains(r#""status":"failed","requests":0,"records":0,"recovered":0,"duplicates":0,"reason":"rest_failed","attempts":5,"error":"HTTP 503","time":"2017-03-18T22:42:23.0000000Z""#),
             "{first}"
         );
         assert_eq!(run(), first);
+    }
+
+    fn trade(seq: u64, second: u32, uuid: &str) -> WorkerInput {
+        frame(&format!(
+            r#"{{"type":"trade","symbol_id":"A","sequence":{seq},"time_exchange":"2017-03-18T22:42:{second:02}.0000000Z","uuid":"{uuid}","price":1,"size":1}}"#
+        ))
+    }
+
+    fn rest_trade(second: u32, uuid: &str) -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::from_string(format!(
+            "{{\n  \"time_exchange\": \"2017-03-18T22:42:{second:02}.0000000Z\",\n  \"uuid\": \"{uuid}\",\n  \"price\": 1\n}}"
+        ))
+        .expect("json")
+    }
+
+    /// Proves a trade gap's recovery writes exactly the trades the stream lost: the ids the
+    /// stream delivered inside the window (its margins) are duplicates, whatever came between,
+    /// and the recovery line gives the window, the missing count and what came back.
+    #[test]
+    fn a_trade_window_writes_only_what_the_stream_lost() {
+        let metrics = Metrics::new(1);
+        let mut w = Worker::new(0, LIMITS, &metrics);
+        w.handle(trade(1, 10, "u1"));
+        w.handle(trade(2, 11, "u2"));
+        w.handle(trade(5, 15, "u5"));
+        w.handle(trade(6, 16, "u6"));
+        // Ids the window must remember even after the recent-id memory moved on.
+        for i in 0..(LIMITS.trade_ids_per_symbol as u64 + 10) {
+            w.handle(trade(7 + i, 17, &format!("later-{i}")));
+        }
+        let gap = text(&w.take_batch());
+        assert!(gap.contains(r#""expected":3,"received":5,"missing":2,"reason":"sequence""#), "{gap}");
+        let window = TradeWindow { id: 1, start_ns: 0, end_ns: 0, page_from_ns: 0 };
+        let key = RecoveryKey { symbol_id: "A".into(), data_type: DataType::Trade, window: Some(window) };
+        let page = |records, more| {
+            WorkerInput::Recovery(RecoveryResult::Recovered { key: key.clone(), records, recv_unix_ns: 0, more })
+        };
+        w.handle(page(vec![rest_trade(11, "u2"), rest_trade(12, "u3")], true));
+        w.handle(page(vec![rest_trade(12, "u3"), rest_trade(13, "u4"), rest_trade(15, "u5")], false));
+        let out = text(&w.take_batch());
+        let rest: Vec<&str> = out.lines().filter(|l| l.contains(r#""source":"rest""#)).collect();
+        assert_eq!(rest.len(), 2, "{out}");
+        assert!(rest[0].contains(r#""uuid":"u3""#) && rest[1].contains(r#""uuid":"u4""#), "{out}");
+        assert!(
+            out.contains(r#""status":"ok","window_start":"2017-03-18T22:42:10.0000000Z","window_end":"2017-03-18T22:42:16.0000000Z","missing":2,"requests":2,"records":5,"recovered":2,"duplicates":3,"time""#),
+            "{out}"
+        );
+        let s = metrics.snapshot();
+        assert_eq!((s.recovery_ok, s.recovery_duplicates, s.unrecovered), (1, 3, 0));
     }
 
     #[test]
@@ -411,7 +707,9 @@ mod tests {
                 .expect("send");
         }
         drop(in_tx);
-        Worker::new(0, LIMITS, &metrics).run(in_rx, out_tx);
+        let budget = Budget::new(1 << 20, 1);
+        Worker::new(0, LIMITS, &metrics).run(in_rx, out_tx, &budget);
+        assert_eq!(budget.used(), 0, "nothing was charged, and the total handled saturates at zero");
         let lines: u64 = out_rx.iter().map(|b| b.lines().market).sum();
         assert_eq!(lines, 10);
     }

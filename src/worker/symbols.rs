@@ -21,8 +21,9 @@ use std::collections::HashSet;
 use rustc_hash::FxHashMap;
 
 use crate::wire::DataType;
-use crate::worker::dedup::{RecentIds, TradeId};
+use crate::worker::dedup::{self, RecentIds, TradeId};
 use crate::worker::sequence::{self, slot, SeqOutcome, N_TYPES};
+use crate::worker::windows::{Closed, TooManyGaps, TradeGaps, MARGIN_NS};
 
 /// The bounds of one table, from `config::Limits`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +43,157 @@ pub struct SymbolState {
     trades: RecentIds,
     /// Receive time of the last data message, Unix ns.
     pub last_data_unix_ns: i128,
+    /// The latest exchange time of a trade the stream delivered (any connection).
+    pub last_trade_ns: Option<i64>,
+    /// Trade gaps waiting for recovery.
+    pub trade_gaps: TradeGaps,
+    /// Book streams (by `slot`) resubscribed after a gap, whose deltas are withheld until their
+    /// new snapshot arrives.
+    resyncing: u16,
+}
+
+/// What one stream trade did to its symbol's state.
+#[derive(Debug)]
+pub struct TradeVisit {
+    pub id: TradeId,
+    /// The gap this trade revealed: the window that holds it (or refused).
+    pub opened: Option<Result<u64, TooManyGaps>>,
+    /// The symbol's windows now due for their requests.
+    pub due: Vec<Closed>,
+    /// Pins refused (bounds reached): overlaps that could be written twice.
+    pub pins_refused: u64,
+}
+
+/// Where a worker takes window ids and the pins all its windows may hold together.
+#[derive(Debug)]
+pub struct WindowAllowance {
+    pub next_id: u64,
+    pub pins_left: usize,
 }
 
 impl SymbolState {
+    /// A trade the stream delivered on connection `generation` at exchange time `time_ns`:
+    /// de-duplicates it, opens (or widens) the window of the gap it reveals (`gap_missing`
+    /// trades lost by sequence), pins it in the windows it falls in, closes the reconnect
+    /// windows that waited for it, and returns the windows due. A trade without a readable time
+    /// only de-duplicates.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stream_trade(
+        &mut self,
+        uuid: &str,
+        time_ns: Option<i64>,
+        gap_missing: Option<u64>,
+        generation: u64,
+        now_ns: i128,
+        capacity: usize,
+        allowance: &mut WindowAllowance,
+    ) -> TradeVisit {
+        let mut visit = TradeVisit { id: TradeId::New, opened: None, due: Vec::new(), pins_refused: 0 };
+        let key = dedup::id_key(uuid);
+        if let (Some(missing), Some(t)) = (gap_missing, time_ns) {
+            let start = self.last_trade_ns.unwrap_or(t).saturating_sub(MARGIN_NS);
+            let end = t.saturating_add(MARGIN_NS);
+            let id = allowance.next_id;
+            allowance.next_id += 1;
+            let delivered = self.trades.keys_with_times();
+            let room = &mut allowance.pins_left;
+            let opened = self.trade_gaps.open(id, start, Some(end), generation, now_ns, Some(missing), delivered, room);
+            visit.opened = Some(opened.map(|(id, refused)| {
+                visit.pins_refused += refused;
+                id
+            }));
+        }
+        visit.id = match key {
+            Some(k) => self.trades.insert_key(k, time_ns.unwrap_or(i64::MIN), capacity),
+            None => TradeId::Unremembered,
+        };
+        if let Some(t) = time_ns {
+            if !self.trade_gaps.is_empty() {
+                let new_key = key.filter(|_| visit.id == TradeId::New);
+                let room = &mut allowance.pins_left;
+                self.trade_gaps.stream_trade(new_key, t, generation, now_ns, room, &mut visit.pins_refused);
+            }
+            self.last_trade_ns = Some(self.last_trade_ns.map_or(t, |l| l.max(t)));
+        }
+        if !self.trade_gaps.is_empty() {
+            visit.due = self.trade_gaps.due(now_ns);
+        }
+        visit
+    }
+
+    /// Opens the window of a reconnect gap: from the last trade the old connection delivered
+    /// until the first one of connection `generation`. `None` when no trade time is known.
+    pub fn open_reconnect_window(
+        &mut self,
+        generation: u64,
+        now_ns: i128,
+        allowance: &mut WindowAllowance,
+    ) -> Option<Result<u64, TooManyGaps>> {
+        let start = self.last_trade_ns?.saturating_sub(MARGIN_NS);
+        let id = allowance.next_id;
+        allowance.next_id += 1;
+        let delivered = self.trades.keys_with_times();
+        let opened =
+            self.trade_gaps.open(id, start, None, generation, now_ns, None, delivered, &mut allowance.pins_left);
+        Some(opened.map(|(id, _)| id))
+    }
+
+    /// A recovered trade id: whether it was already written (pinned in window `window`, or
+    /// among the recent ids), remembering it if not.
+    pub fn recovered_trade(
+        &mut self,
+        window: Option<u64>,
+        uuid: &str,
+        capacity: usize,
+        pins_left: &mut usize,
+    ) -> TradeId {
+        let Some(key) = dedup::id_key(uuid) else {
+            return TradeId::Unremembered;
+        };
+        let w = window.and_then(|id| self.trade_gaps.get_mut(id));
+        if w.as_ref().is_some_and(|w| w.is_pinned(key)) {
+            return TradeId::Seen;
+        }
+        let id = self.trades.insert_key(key, i64::MIN, capacity);
+        if id == TradeId::New {
+            if let Some(w) = w {
+                // A later page repeats the records at its boundary timestamp.
+                w.pin(key, pins_left);
+            }
+        }
+        id
+    }
+
+    /// A book message of a stream being resynced or not: `is_snapshot` ends a resync and (like
+    /// any snapshot) restarts the stream, so a sequence starting again from 1 is no gap.
+    /// Returns whether the message is withheld (a delta of a stream waiting for its snapshot).
+    pub fn book_step(&mut self, data_type: DataType, is_snapshot: bool, outcome: &mut SeqOutcome) -> bool {
+        let bit = 1u16 << slot(data_type);
+        if is_snapshot {
+            self.resyncing &= !bit;
+            if matches!(outcome, SeqOutcome::Gap { .. } | SeqOutcome::Regression { .. }) {
+                *outcome = SeqOutcome::First;
+            }
+            return false;
+        }
+        if self.resyncing & bit != 0 {
+            // Deltas of the old subscription or before the new snapshot: no gap to report.
+            *outcome = SeqOutcome::Stale;
+            return true;
+        }
+        false
+    }
+
+    /// The book stream `data_type` is to be resubscribed: withhold its deltas until its snapshot.
+    pub fn start_resync(&mut self, data_type: DataType) {
+        self.resyncing |= 1u16 << slot(data_type);
+    }
+
+    /// The resubscription could not be asked for: deltas flow again (their gap line stands).
+    pub fn end_resync(&mut self, data_type: DataType) {
+        self.resyncing &= !(1u16 << slot(data_type));
+    }
+
     /// Classifies one sequenced message of the current generation and records it.
     pub fn observe(&mut self, data_type: DataType, sequence: u64) -> SeqOutcome {
         sequence::step(&mut self.sequences[slot(data_type)], sequence)
@@ -94,8 +243,14 @@ impl SymbolTable {
         if self.symbols.len() >= self.limits.symbols_max {
             return None;
         }
-        let mut state =
-            SymbolState { sequences: [None; N_TYPES], trades: RecentIds::default(), last_data_unix_ns: now_unix_ns };
+        let mut state = SymbolState {
+            sequences: [None; N_TYPES],
+            trades: RecentIds::default(),
+            last_data_unix_ns: now_unix_ns,
+            last_trade_ns: None,
+            trade_gaps: TradeGaps::default(),
+            resyncing: 0,
+        };
         let result = f(&mut state);
         self.symbols.insert(Box::from(symbol_id), state);
         Some(result)
@@ -135,6 +290,8 @@ impl SymbolTable {
         let already: HashSet<(DataType, String)> =
             if self.reconnected.is_empty() { HashSet::new() } else { self.reconnected.iter().cloned().collect() };
         for (symbol_id, state) in &mut self.symbols {
+            // A new connection ends every resync: its hello subscribes afresh.
+            state.resyncing = 0;
             for (data_type, cell) in DataType::ALL.into_iter().zip(&mut state.sequences) {
                 if cell.take().is_none() {
                     continue;
@@ -146,6 +303,28 @@ impl SymbolTable {
             }
         }
         self.generation = generation;
+    }
+
+    /// Every trade window still waiting, by symbol, emptying them all (the run is ending).
+    pub fn drain_windows(&mut self) -> Vec<(String, crate::worker::windows::Window)> {
+        let mut out = Vec::new();
+        for (symbol_id, state) in &mut self.symbols {
+            if !state.trade_gaps.is_empty() {
+                out.extend(state.trade_gaps.drain().into_iter().map(|w| (symbol_id.to_string(), w)));
+            }
+        }
+        out
+    }
+
+    /// Every symbol's trade windows due for their requests at `now_unix_ns` (see `windows.rs`).
+    pub fn due_windows(&mut self, now_unix_ns: i128) -> Vec<(String, Closed)> {
+        let mut out = Vec::new();
+        for (symbol_id, state) in &mut self.symbols {
+            if state.trade_gaps.has_unrequested() {
+                out.extend(state.trade_gaps.due(now_unix_ns).into_iter().map(|c| (symbol_id.to_string(), c)));
+            }
+        }
+        out
     }
 
     /// Symbols whose last data is at least `silence_ns` older than `now_unix_ns`.

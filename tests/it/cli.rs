@@ -59,6 +59,7 @@ fn help_explains_every_flag_with_its_default() {
         "--rest-url",
         "--workers",
         "--queue-capacity",
+        "--buffer-mib",
         "--recovery-rps",
         "--connect-timeout",
         "--stale-timeout",
@@ -68,7 +69,7 @@ fn help_explains_every_flag_with_its_default() {
     ] {
         assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
     }
-    for default in ["[default: 500]", "[default: 2]", "[default: wss://ws.coinapi.io/v1/]", "[default: 50]"] {
+    for default in ["[default: 64]", "[default: 2]", "[default: wss://ws.coinapi.io/v1/]", "[default: 50]"] {
         assert!(stdout.contains(default), "--help lacks {default}:\n{stdout}");
     }
 }

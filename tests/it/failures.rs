@@ -193,21 +193,16 @@ fn uuid_of(line: &str) -> Option<String> {
     v["uuid"].as_str().map(str::to_ascii_lowercase)
 }
 
-/// Proves that with `--recovery-trades-limit 1000` a REST page overlapping far more than 256
-/// trades already written writes none of them twice, and the `recovery` line's `duplicates`
-/// counts that overlap (before the fix only 256 uuids were remembered per symbol, whatever page
-/// size the flag allowed: 602 of such a page's uuids were written twice).
+/// Proves that a trade window whose margins overlap far more than 256 trades the stream wrote
+/// (500 trades/s, a second of margin on each side) writes none of them twice, pages with
+/// `--recovery-trades-limit 1000`, writes every withheld trade, and counts the overlap as
+/// `duplicates` (before the fix only 256 uuids were remembered per symbol, whatever page size
+/// the flag allowed: 602 of such a page's uuids were written twice).
 #[test]
-fn a_rest_page_overlapping_more_than_256_written_trades_writes_none_twice() {
+fn a_window_overlapping_more_than_256_written_trades_writes_none_twice() {
     let symbol = WORKER1_SYMBOL;
-    // The simulator's REST answer repeats up to 1,000 of the trades its WebSocket sent.
-    let sim = Sim::start(SimConfig {
-        symbols: vec![symbol.to_string()],
-        rate_per_sec: 500,
-        rest_overlap_trades: 1_000,
-        ..SimConfig::default()
-    })
-    .expect("sim");
+    let sim = Sim::start(SimConfig { symbols: vec![symbol.to_string()], rate_per_sec: 500, ..SimConfig::default() })
+        .expect("sim");
     let mut feed = Feed::against(
         &sim.ws_url(),
         &sim.rest_url(),
@@ -218,8 +213,8 @@ fn a_rest_page_overlapping_more_than_256_written_trades_writes_none_twice() {
     // Well over 256 trades of the symbol are on stdout before the gap.
     let streamed = feed.stdout.wait_until(Duration::from_secs(20), |l| market_lines(l).len() >= 600);
     assert!(streamed, "the stream did not deliver 600 trades; stderr:\n{}", stderr_tail(&feed, 30));
-    sim.inject(WsFault::GapOn { symbol_id: symbol.to_string(), skip: 1 });
-    let recovered = feed.stdout.wait_until(Duration::from_secs(20), |l| count_control(l, "recovery") >= 1);
+    sim.inject(WsFault::WithholdTrades { symbol_id: symbol.to_string(), duration: Duration::from_millis(300) });
+    let recovered = feed.stdout.wait_until(Duration::from_secs(30), |l| count_control(l, "recovery") >= 1);
     assert!(
         recovered,
         "no recovery line; gaps: {:?}; stderr:\n{}",
@@ -240,31 +235,32 @@ fn a_rest_page_overlapping_more_than_256_written_trades_writes_none_twice() {
             _ => None,
         })
         .collect();
-    assert_eq!(requests.len(), 1, "one trades/latest request: {requests:?}");
-    assert!(requests[0].contains("limit=1000"), "the request asks for --recovery-trades-limit: {}", requests[0]);
+    assert!(requests.iter().all(|r| r.contains("/history?") && r.contains("limit=1000")), "{requests:?}");
     let rec_at = out.iter().position(|l| l.starts_with("{\"type\":\"recovery\"")).expect("recovery line");
     let rec: serde_json::Value = serde_json::from_str(&out[rec_at]).expect("recovery line is JSON");
     assert_eq!(rec["status"], "ok", "{rec}");
     let records = rec["records"].as_u64().expect("records");
-    let written = rec["written"].as_u64().expect("written");
+    let recovered = rec["recovered"].as_u64().expect("recovered");
     let duplicates = rec["duplicates"].as_u64().expect("duplicates");
-    assert_eq!(written + duplicates, records, "{rec}");
-    // The page repeats far more trades than the old memory held (all but a few new ones).
-    assert!(
-        records as usize > UUID_MEMORY_BEFORE + 10,
-        "the test did not exercise the bug: the page had only {records} records"
-    );
-    assert_eq!(rest_lines(&out).len() as u64, written, "{rec}");
+    assert_eq!(recovered + duplicates, records, "{rec}");
+    assert_eq!(rec["requests"].as_u64(), Some(requests.len() as u64), "{rec}");
+    assert_eq!(rec["missing"].as_u64(), Some(recovered), "every missing trade came back: {rec}");
+    assert!(rec.get("unrecovered").is_none(), "{rec}");
+    assert_eq!(rest_lines(&out).len() as u64, recovered, "{rec}");
 
     let mut counts: HashMap<String, usize> = HashMap::new();
     for line in market_lines(&out).into_iter().chain(rest_lines(&out)) {
         let uuid = uuid_of(line).unwrap_or_else(|| panic!("trade line without uuid: {line}"));
         *counts.entry(uuid).or_default() += 1;
     }
+    let withheld: Vec<String> = sim.stored_trades(symbol).into_iter().filter(|t| !t.streamed).map(|t| t.uuid).collect();
     let twice = counts.values().filter(|n| **n > 1).count();
     eprintln!(
-        "REST page of {records} records: {duplicates} already written, {written} new; uuids on stdout twice: {twice}"
+        "window of {records} records in {} requests: {duplicates} already written, {recovered} new of {} withheld; uuids on stdout twice: {twice}",
+        requests.len(),
+        withheld.len()
     );
     assert_eq!(twice, 0, "{twice} trade uuids written twice; recovery line: {rec}");
-    assert!(duplicates as usize > UUID_MEMORY_BEFORE, "the overlap is counted as duplicates: {rec}");
+    assert!(withheld.iter().all(|u| counts.contains_key(u)), "a withheld trade is missing from stdout");
+    assert!(duplicates as usize > UUID_MEMORY_BEFORE, "the overlap exercised more than the old memory: {rec}");
 }

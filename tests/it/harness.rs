@@ -55,11 +55,14 @@ fn collect<R: Read + Send + 'static>(
     stream: R,
     sink: Arc<Lines>,
     gate: Option<crossbeam_channel::Receiver<()>>,
+    pauses: Vec<(Duration, Duration)>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         if let Some(gate) = gate {
             let _ = gate.recv();
         }
+        let started = Instant::now();
+        let mut pauses = pauses.into_iter().peekable();
         let mut reader = BufReader::with_capacity(1 << 16, stream);
         let mut buf = Vec::new();
         let mut pending: Vec<String> = Vec::new();
@@ -80,6 +83,14 @@ fn collect<R: Read + Send + 'static>(
                     // re-check their predicates once per read rather than once per line.
                     if reader.buffer().is_empty() {
                         sink.push_all(&mut pending);
+                        // A consumer that stops reading for a while (a disk flush, a GC pause):
+                        // the sleep is the behaviour under test, not a synchronisation.
+                        if let Some(&(at, length)) = pauses.peek() {
+                            if started.elapsed() >= at {
+                                pauses.next();
+                                std::thread::sleep(length);
+                            }
+                        }
                     }
                 }
             }
@@ -105,11 +116,13 @@ pub struct FeedOptions {
     pub key: Option<String>,
     /// Extra environment variables for the child, on top of the test process's own.
     pub env: Vec<(String, String)>,
+    /// Stdout reading stops at each `(at, for)`, measured from when reading starts, in order.
+    pub pauses: Vec<(Duration, Duration)>,
 }
 
 impl Default for FeedOptions {
     fn default() -> Self {
-        FeedOptions { read_stdout: true, key: Some(KEY.to_string()), env: Vec::new() }
+        FeedOptions { read_stdout: true, key: Some(KEY.to_string()), env: Vec::new(), pauses: Vec::new() }
     }
 }
 
@@ -136,7 +149,10 @@ impl Feed {
         let err_lines = Arc::new(Lines::default());
         let (gate_tx, gate_rx) = crossbeam_channel::bounded(1);
         let gate = if opts.read_stdout { None } else { Some(gate_rx) };
-        let readers = vec![collect(stdout, out_lines.clone(), gate), collect(stderr, err_lines.clone(), None)];
+        let readers = vec![
+            collect(stdout, out_lines.clone(), gate, opts.pauses),
+            collect(stderr, err_lines.clone(), None, Vec::new()),
+        ];
         Feed { child, stdout: out_lines, stderr: err_lines, readers, stdout_gate: Some(gate_tx) }
     }
 
@@ -279,14 +295,14 @@ pub fn control_lines(lines: &[String], kind: &str) -> Vec<serde_json::Value> {
 /// Checks the summary's accounting identity: every message read was written, dropped or
 /// skipped for a counted reason.
 pub fn assert_accounting_closes(kv: &[(String, String)]) {
-    let sum = ["written", "dropped", "malformed", "unknown_type", "duplicate_trades"]
+    let sum = ["written", "dropped", "malformed", "unknown_type", "duplicate_trades", "book_withheld"]
         .iter()
         .map(|k| field(kv, k))
         .sum::<u64>();
     assert_eq!(
         field(kv, "received"),
         sum,
-        "received != written + dropped + malformed + unknown_type + duplicate_trades: {kv:?}"
+        "received != written + dropped + malformed + unknown_type + duplicate_trades + book_withheld: {kv:?}"
     );
 }
 

@@ -9,5 +9,6 @@ mod gaps;
 mod harness;
 mod lifecycle;
 mod protocol_faults;
+mod recovery;
 mod shutdown;
 mod tidy;
