@@ -168,8 +168,6 @@ pub enum Unrecovered {
     QueueFull,
     /// The symbol already had the most trade gaps waiting at once.
     TooManyGaps,
-    /// The result could not be handed to the worker (the buffer stayed full).
-    ResultLost,
 }
 
 impl Unrecovered {
@@ -182,7 +180,6 @@ impl Unrecovered {
             Unrecovered::PendingAtExit => "pending_at_exit",
             Unrecovered::QueueFull => "queue_full",
             Unrecovered::TooManyGaps => "too_many_gaps",
-            Unrecovered::ResultLost => "result_lost",
         }
     }
 }
@@ -206,16 +203,17 @@ pub const INPUT_OVERHEAD_BYTES: u64 = std::mem::size_of::<WorkerInput>() as u64 
 impl WorkerInput {
     /// Bytes this input holds while it waits in a worker's queue: what the buffer charges for it
     /// when it is sent and releases when it has been handled (the same number both sides).
+    /// A `Tick` costs nothing: a worker makes its own, none is ever queued.
     pub fn cost(&self) -> u64 {
-        INPUT_OVERHEAD_BYTES
-            + match self {
-                WorkerInput::Frame(frame) => frame.text.len() as u64,
-                WorkerInput::Recovery(RecoveryResult::Recovered { records, .. }) => {
-                    records.iter().map(|r| r.get().len() as u64 + 16).sum()
-                }
-                WorkerInput::Recovery(RecoveryResult::Failed { error, .. }) => error.len() as u64,
-                WorkerInput::Connected { .. } | WorkerInput::Tick { .. } => 0,
+        match self {
+            WorkerInput::Frame(frame) => INPUT_OVERHEAD_BYTES + frame.text.len() as u64,
+            WorkerInput::Recovery(RecoveryResult::Recovered { records, .. }) => {
+                INPUT_OVERHEAD_BYTES + records.iter().map(|r| r.get().len() as u64 + 16).sum::<u64>()
             }
+            WorkerInput::Recovery(RecoveryResult::Failed { error, .. }) => INPUT_OVERHEAD_BYTES + error.len() as u64,
+            WorkerInput::Connected { .. } => INPUT_OVERHEAD_BYTES,
+            WorkerInput::Tick { .. } => 0,
+        }
     }
 }
 
@@ -229,8 +227,9 @@ struct PaddedTotal(AtomicU64);
 /// Each side keeps a running total only it writes (the reader what it sent, the recovery thread
 /// what it sent, each worker what it has handled), so the hot path does plain stores on its own
 /// cache line and no read-modify-write is shared between threads. Bytes in use are the sent
-/// totals minus the handled ones; a reader that reads a worker's total late sees more in use, not
-/// less, so the bound holds.
+/// totals minus the handled ones. A worker's total read late shows more in use, not less; the
+/// one way to see less is a frame handled before the reader stored its own total (one frame,
+/// for a moment), so the bound holds within one frame.
 #[derive(Debug)]
 pub struct Budget {
     max: u64,
@@ -262,6 +261,12 @@ impl Budget {
         let handled = self.handled_total();
         let sent = self.reader_sent.0.load(Ordering::Acquire) + self.recovery_sent.0.load(Ordering::Acquire);
         sent.saturating_sub(handled)
+    }
+
+    /// (bytes sent, bytes handled) since the start: equal once everything sent was handled.
+    pub fn totals(&self) -> (u64, u64) {
+        let sent = self.reader_sent.0.load(Ordering::Acquire) + self.recovery_sent.0.load(Ordering::Acquire);
+        (sent, self.handled_total())
     }
 
     /// Worker `worker` has handled inputs costing `total` bytes since it started.
@@ -355,35 +360,53 @@ pub enum Dispatch {
     Gone,
 }
 
-/// One worker's input channel and whether the reader is shedding load for it.
+/// One worker's input channel and whether the reader is shedding its frames because of its
+/// message cap.
 #[derive(Debug)]
 struct Lane {
     tx: Sender<WorkerInput>,
-    shedding: bool,
-    last_shed_warning: Option<Instant>,
-    /// The current shedding episode was announced with a warning, so its end is logged too.
-    announced: bool,
+    capped: bool,
 }
 
+/// A shedding episode: whether the reader drops, and whether its start was logged (so its end
+/// is logged too).
+#[derive(Debug, Default)]
+struct Shedding {
+    on: bool,
+    announced: bool,
+    last_warning: Option<Instant>,
+}
+
+/// Frames a worker may have queued before the reader copies new ones out of the socket's read
+/// buffer. A frame shares its read-buffer chunk (128 KiB) with its neighbours, which go to every
+/// worker: a frame that waits in a long queue would keep its whole chunk alive, and a stall
+/// would cost 2.4 times the bytes the buffer counts (measured). A copy costs one allocation of
+/// the frame's own size, paid only by frames that will wait.
+const COPY_WHEN_QUEUED: usize = 64;
+
 /// The reader's hand-off to the workers. It never blocks for longer than `queue_wait`: when the
-/// buffer (or a lane's optional message cap) is still full after that, it sheds the lane's
-/// frames (counted per symbol) until the buffer has drained to `low_water` (and the lane to half
-/// its cap), so pongs keep going out and CoinAPI's server-side buffer never overflows because of
-/// us. Hysteresis keeps a lane from flapping at the edge of full.
+/// buffer is still full after that, it sheds every frame (counted per symbol) until the buffer
+/// has drained to `low_water`, and when a lane's optional message cap is reached it sheds that
+/// lane's frames until it has drained to half its cap; so pongs keep going out and CoinAPI's
+/// server-side buffer never overflows because of us. Hysteresis keeps the reader from flapping
+/// at the edge of full.
 #[derive(Debug)]
 pub struct Lanes<'a> {
     lanes: Vec<Lane>,
     budget: &'a Budget,
     metrics: &'a Metrics,
     message_cap: Option<usize>,
-    /// Shedding stops once the buffer holds at most this many bytes.
+    /// Shedding for a full buffer stops once it holds at most this many bytes.
     low_water: u64,
     queue_wait: Duration,
+    shedding: Shedding,
     /// Bytes this reader has sent (the reader's running total of the budget).
     sent: u64,
-    /// Bytes known free without looking at the workers' totals again: the reader refreshes it
-    /// only when a frame does not fit, so a frame costs no shared read while there is room.
+    /// Bytes known free without looking at the workers' totals again: refreshed only when a
+    /// frame does not fit or the recovery thread has charged something since, so while there
+    /// is room a frame costs one read of a line that rarely changes.
     known_free: u64,
+    recovery_seen: u64,
 }
 
 impl<'a> Lanes<'a> {
@@ -395,31 +418,41 @@ impl<'a> Lanes<'a> {
         metrics: &'a Metrics,
     ) -> Lanes<'a> {
         assert!(!senders.is_empty(), "the reader needs at least one worker");
-        let lanes = senders
-            .into_iter()
-            .map(|tx| Lane { tx, shedding: false, last_shed_warning: None, announced: false })
-            .collect();
+        let lanes = senders.into_iter().map(|tx| Lane { tx, capped: false }).collect();
         let low_water = budget.max - budget.max / 8;
-        Lanes { lanes, budget, metrics, message_cap, low_water, queue_wait, sent: 0, known_free: 0 }
+        Lanes {
+            lanes,
+            budget,
+            metrics,
+            message_cap,
+            low_water,
+            queue_wait,
+            shedding: Shedding::default(),
+            sent: 0,
+            known_free: 0,
+            recovery_seen: 0,
+        }
     }
 
     /// Re-reads what the workers have handled; returns the bytes in use.
     fn refresh(&mut self) -> u64 {
+        self.recovery_seen = self.budget.recovery_sent.0.load(Ordering::Acquire);
         let used = self.budget.used();
         self.known_free = self.budget.max.saturating_sub(used);
         used
     }
 
-    fn lane_full(&self, w: usize) -> bool {
-        self.message_cap.is_some_and(|cap| self.lanes[w].tx.len() >= cap)
-    }
-
-    /// Whether `cost` more bytes fit, refreshing the view of the workers' totals if needed.
+    /// Whether `cost` more bytes fit, refreshing the view of the other totals if needed.
     fn fits(&mut self, cost: u64) -> bool {
-        cost <= self.known_free || {
+        let recovery_charged = self.budget.recovery_sent.0.load(Ordering::Relaxed) != self.recovery_seen;
+        (cost <= self.known_free && !recovery_charged) || {
             let used = self.refresh();
             cost <= self.known_free || used == 0
         }
+    }
+
+    fn lane_full(&self, w: usize) -> bool {
+        self.message_cap.is_some_and(|cap| self.lanes[w].tx.len() >= cap)
     }
 
     /// Sends `input` to lane `w`, charging the budget (the caller checked for room).
@@ -440,25 +473,29 @@ impl<'a> Lanes<'a> {
         let symbol = wire::scan_field(text.as_bytes(), b"symbol_id").unwrap_or(b"");
         let w = route(symbol, self.lanes.len());
         let cost = INPUT_OVERHEAD_BYTES + text.len() as u64;
-        if self.lanes[w].shedding {
-            let drained = self.refresh() <= self.low_water
-                && self.message_cap.is_none_or(|cap| self.lanes[w].tx.len() <= cap / 2);
-            if !drained {
+        if self.shedding.on {
+            if self.refresh() > self.low_water {
                 self.metrics.record_drop(symbol);
                 return Dispatch::Dropped;
             }
-            let lane = &mut self.lanes[w];
-            lane.shedding = false;
+            self.shedding.on = false;
             // Under sustained overload the buffer fills and drains many times a minute: only the
             // episodes whose start was logged (at most one per SHED_WARN_EVERY) log their end.
-            if std::mem::take(&mut lane.announced) {
+            if std::mem::take(&mut self.shedding.announced) {
                 log::info!(
-                    "buffer drained to {} KiB of {} KiB: delivering to worker-{w} again (dropped so far: {})",
+                    "buffer drained to {} KiB of {} KiB: delivering again (dropped so far: {})",
                     self.budget.used() >> 10,
                     self.budget.max >> 10,
                     self.metrics.dropped.get()
                 );
             }
+        }
+        if self.lanes[w].capped {
+            if self.message_cap.is_some_and(|cap| self.lanes[w].tx.len() > cap / 2) {
+                self.metrics.record_drop(symbol);
+                return Dispatch::Dropped;
+            }
+            self.lanes[w].capped = false;
         }
         if !self.fits(cost) || self.lane_full(w) {
             let deadline = Instant::now() + self.queue_wait;
@@ -472,36 +509,41 @@ impl<'a> Lanes<'a> {
                 }
             }
         }
+        let queued = self.lanes[w].tx.len();
+        let text = if queued >= COPY_WHEN_QUEUED { Utf8Bytes::from(text.as_str().to_owned()) } else { text };
         let frame = Frame { text, recv_unix_ns: recv_unix_ns(), generation };
         if !self.send(w, WorkerInput::Frame(frame), cost) {
             return Dispatch::Gone;
         }
-        let depth = self.lanes[w].tx.len();
-        self.metrics.set_queue_depth(w, depth);
+        self.metrics.set_queue_depth(w, queued + 1);
         Dispatch::Delivered
     }
 
-    /// Starts (or continues) shedding lane `w`: the frame of `symbol` is dropped and counted.
+    /// Starts shedding (the buffer, or lane `w`'s message cap, stayed full for `queue_wait`): the
+    /// frame of `symbol` is dropped and counted.
     fn shed(&mut self, w: usize, symbol: &[u8]) -> Dispatch {
         self.metrics.record_drop(symbol);
         let depth = self.lanes[w].tx.len();
         self.metrics.set_queue_depth(w, depth);
-        let (used, max) = (self.budget.used(), self.budget.max);
         let why = if self.lane_full(w) {
-            format!("worker-{w} queue full ({depth} messages, --queue-capacity)")
+            self.lanes[w].capped = true;
+            format!("worker-{w} queue full ({depth} messages, --queue-capacity): dropping its messages until it drains to half")
         } else {
-            format!("buffer full ({} KiB of {} KiB, --buffer-mib)", used >> 10, max >> 10)
+            self.shedding.on = true;
+            format!(
+                "buffer full ({} KiB of {} KiB, --buffer-mib): dropping messages until it drains to {} KiB",
+                self.budget.used() >> 10,
+                self.budget.max >> 10,
+                self.low_water >> 10
+            )
         };
-        let lane = &mut self.lanes[w];
-        lane.shedding = true;
         let now = Instant::now();
-        if lane.last_shed_warning.is_none_or(|t| now.duration_since(t) >= SHED_WARN_EVERY) {
-            lane.last_shed_warning = Some(now);
-            lane.announced = true;
+        if self.shedding.last_warning.is_none_or(|t| now.duration_since(t) >= SHED_WARN_EVERY) {
+            self.shedding.last_warning = Some(now);
+            self.shedding.announced = true;
             log::warn!(
-                "{why} for {}ms: dropping worker-{w}'s messages until the buffer drains to {} KiB (dropped so far: {})",
+                "{why} after waiting {}ms (dropped so far: {})",
                 self.queue_wait.as_millis(),
-                self.low_water >> 10,
                 self.metrics.dropped.get()
             );
         }
@@ -615,5 +657,32 @@ mod tests {
         handle(&rxs[0], &budget, &mut handled, 1);
         assert_eq!(budget.used(), 0);
         assert_eq!(recovery.deliver(result(1), Duration::ZERO, || false), Ok(()));
+    }
+
+    /// Proves a frame that will wait behind `COPY_WHEN_QUEUED` others no longer points into the
+    /// socket's read buffer (which would keep the whole chunk alive), while one that is taken at
+    /// once is not copied.
+    #[test]
+    fn frames_that_will_wait_are_copied_out_of_the_read_buffer() {
+        let metrics = Metrics::new(1);
+        let budget = Budget::new(1 << 30, 1);
+        let (mut lanes, _recovery, rxs) = worker_queues(&budget, None, Duration::ZERO, &metrics);
+        let one = frame("A");
+        let chunk = tungstenite::Bytes::from(one.as_str().repeat(COPY_WHEN_QUEUED + 1));
+        let range = chunk.as_ptr() as usize..chunk.as_ptr() as usize + chunk.len();
+        for i in 0..=COPY_WHEN_QUEUED {
+            let part = chunk.slice(i * one.len()..(i + 1) * one.len());
+            let text = Utf8Bytes::try_from(part).expect("utf8");
+            assert_eq!(lanes.dispatch(text, 1, || 0), Dispatch::Delivered);
+        }
+        let inside: Vec<bool> = rxs[0]
+            .try_iter()
+            .map(|input| match input {
+                WorkerInput::Frame(f) => range.contains(&(f.text.as_str().as_ptr() as usize)),
+                _ => panic!("a frame"),
+            })
+            .collect();
+        assert!(inside[..COPY_WHEN_QUEUED].iter().all(|x| *x), "the first frames are not copied");
+        assert!(!inside[COPY_WHEN_QUEUED], "a frame queued behind {COPY_WHEN_QUEUED} is copied");
     }
 }

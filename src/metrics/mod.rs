@@ -221,6 +221,10 @@ registry! {
     recovery_duplicates: Counter, Both;
     /// Trades known lost for good: missing by sequence numbers and not recovered (recovery lines give the reason).
     unrecovered: Counter, Both;
+    /// History pages that were full at their own start time (more trades share one time than a page holds): paging moved on and may have skipped some.
+    recovery_pages_saturated: Counter, Summary;
+    /// Recovery answers asked for again because the workers' buffer stayed full when they came.
+    recovery_redeliveries: Counter, Summary;
     /// Ids a trade window could not pin (its bounds were reached): overlaps that could be written twice.
     pins_refused: Counter, Summary;
     /// Book streams resubscribed after a gap (a book cannot be repaired over REST).

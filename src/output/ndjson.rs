@@ -271,7 +271,8 @@ pub struct RecoveryFailure<'a> {
 /// appear when something could not come back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryReport<'a> {
-    pub window: Option<(i64, i64)>,
+    /// Start and end; the end is `None` for a reconnect window the run ended before it closed.
+    pub window: Option<(i64, Option<i64>)>,
     pub missing: Option<u64>,
     pub requests: u32,
     pub records: u64,
@@ -353,9 +354,12 @@ impl ControlLine<'_> {
                     let mut f = TimestampFormatter::default();
                     out.extend_from_slice(b",\"window_start\":\"");
                     out.extend_from_slice(f.format(i128::from(start)).as_bytes());
-                    out.extend_from_slice(b"\",\"window_end\":\"");
-                    out.extend_from_slice(f.format(i128::from(end)).as_bytes());
                     out.push(b'"');
+                    if let Some(end) = end {
+                        out.extend_from_slice(b",\"window_end\":\"");
+                        out.extend_from_slice(f.format(i128::from(end)).as_bytes());
+                        out.push(b'"');
+                    }
                 }
                 if let Some(missing) = report.missing {
                     uint(out, ",\"missing\":", missing);
@@ -523,7 +527,7 @@ mod tests {
         let url = "ws://127.0.0.1:45661/v1/";
         let sym = "BITSTAMP_SPOT_BTC_USD";
         let window = RecoveryReport {
-            window: Some((1_795_851_087_102_173_300, 1_795_851_098_265_590_300)),
+            window: Some((1_795_851_087_102_173_300, Some(1_795_851_098_265_590_300))),
             missing: Some(842),
             requests: 9,
             records: 862,

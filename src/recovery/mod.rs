@@ -31,6 +31,8 @@ use rest::RestClient;
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Keys listed by name when recovery ends with keys pending.
 const PENDING_LISTED_MAX: usize = 20;
+/// How long after a result could not be handed over its page is asked for again.
+const REDELIVERY_DELAY: Duration = Duration::from_secs(5);
 /// How long the report of one key left pending at exit may wait for room in the buffer.
 const EXIT_REPORT_WAIT: Duration = Duration::from_millis(200);
 
@@ -174,11 +176,20 @@ impl Recovery<'_> {
             FetchOutcome::Ok { .. } | FetchOutcome::NoData => {}
         }
         let verdict = self.handle.queue.lock().complete(&key, answer.outcome.clone(), Instant::now());
-        let result = match verdict {
+        let (result, next) = match verdict {
             Verdict::Done => {
                 let next = match (&key.window, answer.page_end_ns) {
                     (Some(w), Some(end)) => {
                         let limit = self.client.trades_limit() as usize;
+                        if answer.records.len() >= limit && answer.last_time_ns.is_none_or(|t| t <= w.page_from_ns) {
+                            // More than a page shares one time, or the last time is unreadable:
+                            // paging must move on and may skip trades. Said, not hidden.
+                            self.metrics.recovery_pages_saturated.add(1);
+                            log::warn!(
+                                "recovery of {} trades: a full page of {limit} ends at its own start time (or an unreadable time); moving on 100 ns, trades beyond the page at that time may be missed (raise --recovery-trades-limit)",
+                                key.symbol_id
+                            );
+                        }
                         queue::next_page(w, end, answer.records.len(), limit, answer.last_time_ns).map(|from| {
                             RecoveryKey { window: Some(TradeWindow { page_from_ns: from, ..*w }), ..key.clone() }
                         })
@@ -186,18 +197,24 @@ impl Recovery<'_> {
                     _ => None,
                 };
                 let more = next.is_some();
-                if let Some(next) = next {
-                    self.handle.queue.lock().continue_with(next);
-                }
-                RecoveryResult::Recovered { key, records: answer.records, recv_unix_ns: unix_now_ns(), more }
+                let result = RecoveryResult::Recovered {
+                    key: key.clone(),
+                    records: answer.records,
+                    recv_unix_ns: unix_now_ns(),
+                    more,
+                };
+                (result, next)
             }
-            Verdict::GaveUp { attempts, last_error } => RecoveryResult::Failed {
-                key,
-                attempts,
-                error: last_error,
-                reason: Unrecovered::RestFailed,
-                at_unix_ns: unix_now_ns(),
-            },
+            Verdict::GaveUp { attempts, last_error } => {
+                let result = RecoveryResult::Failed {
+                    key: key.clone(),
+                    attempts,
+                    error: last_error,
+                    reason: Unrecovered::RestFailed,
+                    at_unix_ns: unix_now_ns(),
+                };
+                (result, None)
+            }
             Verdict::Retry { at } => {
                 log::debug!(
                     "recovery: retrying {} {} in {} ms",
@@ -209,21 +226,27 @@ impl Recovery<'_> {
             }
             Verdict::Stop => return,
         };
-        self.deliver(result);
-    }
-
-    /// Sends a result to the worker that owns its symbol (bounded wait for room in the buffer;
-    /// counted if lost).
-    fn deliver(&self, result: RecoveryResult) {
-        let symbol = result.key().symbol_id.clone();
         match self.lanes.deliver(result, DELIVERY_WAIT, || self.shutdown.is_requested()) {
-            Ok(()) | Err(DeliveryError::Gone) => {}
+            Ok(()) => {
+                if let Some(next) = next {
+                    self.handle.queue.lock().continue_with(next);
+                }
+            }
+            Err(DeliveryError::Gone) => {}
+            Err(DeliveryError::Full) if self.shutdown.is_requested() => {}
             Err(DeliveryError::Full) => {
-                self.metrics.recovery_failed.add(1);
+                // The worker's queue stayed full (a long stall downstream): ask for the same page
+                // again later rather than lose it (pages are idempotent: the worker skips what it
+                // wrote). Costs one more request, paced like every other.
                 log::warn!(
-                    "recovery result for {symbol} dropped: the buffer stayed full for {}s",
-                    DELIVERY_WAIT.as_secs()
+                    "recovery of {} {}: the buffer stayed full for {}s; asking for the page again in {}s",
+                    key.symbol_id,
+                    key.data_type.as_str(),
+                    DELIVERY_WAIT.as_secs(),
+                    REDELIVERY_DELAY.as_secs()
                 );
+                self.metrics.recovery_redeliveries.add(1);
+                self.handle.queue.lock().requeue(key, Instant::now() + REDELIVERY_DELAY);
             }
         }
     }

@@ -445,6 +445,13 @@ impl RecoveryQueue {
         self.queue.push_front(Entry { key, ready_at: None, failures: 0 });
     }
 
+    /// Queues `key` again (its answer could not be handed over), not before `at`, with a fresh
+    /// retry budget: nothing was wrong with the request.
+    pub fn requeue(&mut self, key: RecoveryKey, at: Instant) {
+        self.members.insert(key.clone());
+        self.queue.push_back(Entry { key, ready_at: Some(at), failures: 0 });
+    }
+
     /// Whether the credit budget is spent at `now` (for the report of keys left at exit).
     pub fn over_budget(&mut self, now: Instant) -> bool {
         let cost = self.policy.trade_page_credits;

@@ -100,6 +100,15 @@ impl RecentIds {
         self.set.contains(&key)
     }
 
+    /// The trade time of the oldest id still remembered, once the memory is full (ids older
+    /// than it have been forgotten); `None` while nothing was evicted yet.
+    pub fn forgotten_before(&self, capacity: usize) -> Option<i64> {
+        if self.order.len() < capacity {
+            return None;
+        }
+        self.times.front().copied().filter(|&t| t != i64::MIN)
+    }
+
     /// The remembered ids with their trade times (`i64::MIN`: unknown), oldest first.
     pub fn keys_with_times(&self) -> impl Iterator<Item = (u128, i64)> + '_ {
         self.order.iter().copied().zip(self.times.iter().copied())

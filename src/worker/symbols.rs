@@ -69,6 +69,23 @@ pub struct TradeVisit {
 pub struct WindowAllowance {
     pub next_id: u64,
     pub pins_left: usize,
+    /// The trade-id memory's depth (`TableLimits::trade_ids_per_symbol`).
+    pub capacity: usize,
+}
+
+/// How far exchange times of consecutive trades were seen to disagree with their order (~50 ms),
+/// with room to spare.
+const JITTER_NS: i64 = 100_000_000;
+
+/// What a book message means for a stream that may be resyncing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BookStep {
+    Write,
+    /// A delta of a stream waiting for its resubscription's snapshot.
+    Withhold,
+    /// Withheld, and the snapshot it waited for was lost (the stream restarted without one
+    /// reaching us): resubscribe again.
+    WithholdAndResync,
 }
 
 impl SymbolState {
@@ -91,7 +108,7 @@ impl SymbolState {
         let mut visit = TradeVisit { id: TradeId::New, opened: None, due: Vec::new(), pins_refused: 0 };
         let key = dedup::id_key(uuid);
         if let (Some(missing), Some(t)) = (gap_missing, time_ns) {
-            let start = self.last_trade_ns.unwrap_or(t).saturating_sub(MARGIN_NS);
+            let start = self.window_start(self.last_trade_ns.unwrap_or(t), capacity);
             let end = t.saturating_add(MARGIN_NS);
             let id = allowance.next_id;
             allowance.next_id += 1;
@@ -129,7 +146,7 @@ impl SymbolState {
         now_ns: i128,
         allowance: &mut WindowAllowance,
     ) -> Option<Result<u64, TooManyGaps>> {
-        let start = self.last_trade_ns?.saturating_sub(MARGIN_NS);
+        let start = self.window_start(self.last_trade_ns?, allowance.capacity);
         let id = allowance.next_id;
         allowance.next_id += 1;
         let delivered = self.trades.keys_with_times();
@@ -138,12 +155,26 @@ impl SymbolState {
         Some(opened.map(|(id, _)| id))
     }
 
-    /// A recovered trade id: whether it was already written (pinned in window `window`, or
-    /// among the recent ids), remembering it if not.
+    /// Where a window after the last trade at `last_ns` starts: `MARGIN_NS` before it, but not
+    /// before the oldest trade id the symbol still remembers (plus a jitter allowance), because
+    /// a recovered trade older than that could not be told from one the stream wrote. On a
+    /// symbol so busy that its memory spans less than the margin, the stream was continuous up
+    /// to the gap, so what it lost is after `last_ns` anyway.
+    fn window_start(&self, last_ns: i64, capacity: usize) -> i64 {
+        let start = last_ns.saturating_sub(MARGIN_NS);
+        match self.trades.forgotten_before(capacity) {
+            Some(oldest) => start.max(oldest.saturating_add(JITTER_NS).min(last_ns)),
+            None => start,
+        }
+    }
+
+    /// A recovered trade id (of a trade at `time_ns`, when known): whether it was already
+    /// written (pinned in window `window`, or among the recent ids), remembering it if not.
     pub fn recovered_trade(
         &mut self,
         window: Option<u64>,
         uuid: &str,
+        time_ns: Option<i64>,
         capacity: usize,
         pins_left: &mut usize,
     ) -> TradeId {
@@ -154,7 +185,7 @@ impl SymbolState {
         if w.as_ref().is_some_and(|w| w.is_pinned(key)) {
             return TradeId::Seen;
         }
-        let id = self.trades.insert_key(key, i64::MIN, capacity);
+        let id = self.trades.insert_key(key, time_ns.unwrap_or(i64::MIN), capacity);
         if id == TradeId::New {
             if let Some(w) = w {
                 // A later page repeats the records at its boundary timestamp.
@@ -166,22 +197,27 @@ impl SymbolState {
 
     /// A book message of a stream being resynced or not: `is_snapshot` ends a resync and (like
     /// any snapshot) restarts the stream, so a sequence starting again from 1 is no gap.
-    /// Returns whether the message is withheld (a delta of a stream waiting for its snapshot).
-    pub fn book_step(&mut self, data_type: DataType, is_snapshot: bool, outcome: &mut SeqOutcome) -> bool {
+    pub fn book_step(&mut self, data_type: DataType, is_snapshot: bool, outcome: &mut SeqOutcome) -> BookStep {
         let bit = 1u16 << slot(data_type);
         if is_snapshot {
             self.resyncing &= !bit;
             if matches!(outcome, SeqOutcome::Gap { .. } | SeqOutcome::Regression { .. }) {
                 *outcome = SeqOutcome::First;
             }
-            return false;
+            return BookStep::Write;
         }
         if self.resyncing & bit != 0 {
-            // Deltas of the old subscription or before the new snapshot: no gap to report.
+            // Deltas of the old subscription or before the new snapshot: no gap to report. A
+            // step back means the stream restarted and its snapshot never reached us.
+            let restarted = matches!(outcome, SeqOutcome::Regression { .. });
             *outcome = SeqOutcome::Stale;
-            return true;
+            return if restarted { BookStep::WithholdAndResync } else { BookStep::Withhold };
         }
-        false
+        BookStep::Write
+    }
+
+    pub fn is_resyncing(&self, data_type: DataType) -> bool {
+        self.resyncing & (1u16 << slot(data_type)) != 0
     }
 
     /// The book stream `data_type` is to be resubscribed: withhold its deltas until its snapshot.

@@ -32,6 +32,9 @@ pub const MARGIN_NS: i64 = 1_000_000_000;
 pub const OPEN_WINDOW_MAX_NS: i128 = 10_000_000_000;
 /// How long a closed window waits (receive time) before its request is due.
 pub const SETTLE_NS: i128 = 1_000_000_000;
+/// Gaps that keep merging into a window postpone its request at most this long after it was
+/// first due, so a sustained storm still gets recovered in pieces.
+pub const POSTPONE_MAX_NS: i128 = 10_000_000_000;
 /// Gaps of one symbol waiting for recovery at once (overlapping gaps share one); a further gap
 /// is reported as unrecovered.
 pub const WINDOWS_PER_SYMBOL_MAX: usize = 16;
@@ -55,9 +58,11 @@ pub struct Window {
     pub end_ns: Option<i64>,
     /// The connection generation whose first trade closes an open window.
     pub generation: u64,
-    /// Receive time at which the window opened; then, once it has an end, when it is due.
+    /// Receive time at which the window opened; then, once it has an end, when it is due (and
+    /// when it was first due, which bounds how long merges can postpone it).
     pub opened_at_ns: i128,
     due_at_ns: Option<i128>,
+    first_due_at_ns: Option<i128>,
     /// Its request has been asked for: it no longer grows.
     pub requested: bool,
     /// Trades lost by sequence numbers, when known (not across a reconnect).
@@ -142,10 +147,11 @@ impl TradeGaps {
                 w.start_ns = w.start_ns.min(start_ns);
                 w.end_ns = w.end_ns.max(end_ns);
                 w.missing = match (w.missing, missing) {
-                    (Some(a), Some(b)) => Some(a + b),
+                    (Some(a), Some(b)) => Some(a.saturating_add(b)),
                     _ => None,
                 };
-                w.due_at_ns = Some(opened_at_ns + SETTLE_NS);
+                let first = w.first_due_at_ns.unwrap_or(opened_at_ns + SETTLE_NS);
+                w.due_at_ns = Some((opened_at_ns + SETTLE_NS).min(first + POSTPONE_MAX_NS));
                 w
             }
             None => {
@@ -159,6 +165,7 @@ impl TradeGaps {
                     generation,
                     opened_at_ns,
                     due_at_ns: end_ns.map(|_| opened_at_ns + SETTLE_NS),
+                    first_due_at_ns: end_ns.map(|_| opened_at_ns + SETTLE_NS),
                     requested: false,
                     missing,
                     pinned: FxHashSet::default(),
@@ -195,6 +202,7 @@ impl TradeGaps {
             if w.end_ns.is_none() && generation >= w.generation {
                 w.end_ns = Some(time_ns.saturating_add(MARGIN_NS).max(w.start_ns.saturating_add(1)));
                 w.due_at_ns = Some(now_ns + SETTLE_NS);
+                w.first_due_at_ns = w.due_at_ns;
             }
             if let Some(key) = key {
                 if w.contains(time_ns) && !w.pin(key, room) {
@@ -244,7 +252,8 @@ impl TradeGaps {
 
     pub fn remove(&mut self, id: u64) -> Option<Window> {
         let i = self.windows.iter().position(|w| w.id == id)?;
-        let w = self.windows.swap_remove(i);
+        // `remove`, not `swap_remove`: the newest window stays last, where a merge looks for it.
+        let w = self.windows.remove(i);
         if self.windows.is_empty() {
             self.windows = Vec::new();
         }
@@ -297,6 +306,24 @@ mod tests {
         assert_eq!(gaps.due(SI / 2 + SETTLE_NS), vec![Closed { id: 1, start_ns: 10 * S, end_ns: 13 * S }]);
         assert_eq!(gaps.get_mut(1).and_then(|w| w.missing), Some(5));
         assert_eq!(gaps.open(3, 12 * S, Some(14 * S), 1, 2 * SI, Some(1), none(), &mut room), Ok((3, 0)));
+    }
+
+    /// Proves a storm that keeps merging into a window cannot postpone its request for more than
+    /// `POSTPONE_MAX_NS`.
+    #[test]
+    fn a_sustained_storm_postpones_a_window_only_so_long() {
+        let mut gaps = TradeGaps::default();
+        let mut room = 100;
+        let mut at = 0;
+        while at < 2 * POSTPONE_MAX_NS {
+            let t = (at / 1_000) as i64;
+            gaps.open(1, t, Some(t + 2 * S), 1, at, Some(1), std::iter::empty(), &mut room).expect("room");
+            if !gaps.due(at).is_empty() {
+                break;
+            }
+            at += SI / 10;
+        }
+        assert!(at <= SETTLE_NS + POSTPONE_MAX_NS, "requested only after {at} ns of storm");
     }
 
     /// Proves a reconnect window closes at the first trade of the new connection (plus the

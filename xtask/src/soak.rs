@@ -417,10 +417,11 @@ impl KeyValues {
         self.get(key)?.parse().ok()
     }
 
-    /// The deepest worker queue right now, from `queues=[3/500,0/500]`.
+    /// The deepest worker queue right now, from `queues=[3,0]` (or `queues=[3/500,0/500]` with
+    /// a message cap).
     fn queue_depth_max(&self) -> Option<u64> {
         let list = self.get("queues")?.strip_prefix('[')?.strip_suffix(']')?;
-        list.split(',').map(|q| q.split_once('/').and_then(|(depth, _)| depth.parse::<u64>().ok())).max()?
+        list.split(',').map(|q| q.split('/').next().and_then(|depth| depth.parse::<u64>().ok())).max()?
     }
 }
 
@@ -957,6 +958,7 @@ mod tests {
         assert_eq!(kv.u64("gaps"), None);
         assert_eq!(kv.queue_depth_max(), Some(17));
         assert_eq!(KeyValues::parse("queues=[]").queue_depth_max(), None);
+        assert_eq!(KeyValues::parse("queues=[4,12] buffer_kib=3/65536").queue_depth_max(), Some(12));
     }
 
     #[test]
