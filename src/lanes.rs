@@ -12,6 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
@@ -360,13 +361,34 @@ pub enum Dispatch {
     Gone,
 }
 
-/// One worker's input channel and whether the reader is shedding its frames because of its
-/// message cap.
+/// One worker's input channel, whether the reader is shedding its frames because of its
+/// message cap, and the chunk frames that will wait are copied into.
 #[derive(Debug)]
 struct Lane {
     tx: Sender<WorkerInput>,
     capped: bool,
+    chunk: BytesMut,
 }
+
+impl Lane {
+    /// A copy of `text` in this lane's own chunk: chunks are filled by one lane's frames only, so
+    /// they are freed in the order its worker takes them, and a copy is a `memcpy` (a new chunk
+    /// every `COPY_CHUNK_BYTES`), not an allocation per frame: one per frame, freed on another
+    /// thread, measured 30% off the flood rate.
+    fn copy(&mut self, text: &Utf8Bytes) -> Utf8Bytes {
+        let bytes = text.as_bytes();
+        if self.chunk.capacity() - self.chunk.len() < bytes.len() {
+            self.chunk = BytesMut::with_capacity(COPY_CHUNK_BYTES.max(bytes.len()));
+        }
+        self.chunk.extend_from_slice(bytes);
+        let copy = self.chunk.split().freeze();
+        // The bytes came from a `Utf8Bytes`: valid UTF-8, so this cannot fail.
+        Utf8Bytes::try_from(copy).unwrap_or_else(|_| text.clone())
+    }
+}
+
+/// The chunk size of the lanes' frame copies.
+const COPY_CHUNK_BYTES: usize = 64 * 1024;
 
 /// A shedding episode: whether the reader drops, and whether its start was logged (so its end
 /// is logged too).
@@ -380,8 +402,8 @@ struct Shedding {
 /// Frames a worker may have queued before the reader copies new ones out of the socket's read
 /// buffer. A frame shares its read-buffer chunk (128 KiB) with its neighbours, which go to every
 /// worker: a frame that waits in a long queue would keep its whole chunk alive, and a stall
-/// would cost 2.4 times the bytes the buffer counts (measured). A copy costs one allocation of
-/// the frame's own size, paid only by frames that will wait.
+/// would cost 2.4 times the bytes the buffer counts (measured). Frames taken at once are never
+/// copied.
 const COPY_WHEN_QUEUED: usize = 64;
 
 /// The reader's hand-off to the workers. It never blocks for longer than `queue_wait`: when the
@@ -418,7 +440,7 @@ impl<'a> Lanes<'a> {
         metrics: &'a Metrics,
     ) -> Lanes<'a> {
         assert!(!senders.is_empty(), "the reader needs at least one worker");
-        let lanes = senders.into_iter().map(|tx| Lane { tx, capped: false }).collect();
+        let lanes = senders.into_iter().map(|tx| Lane { tx, capped: false, chunk: BytesMut::new() }).collect();
         let low_water = budget.max - budget.max / 8;
         Lanes {
             lanes,
@@ -510,7 +532,7 @@ impl<'a> Lanes<'a> {
             }
         }
         let queued = self.lanes[w].tx.len();
-        let text = if queued >= COPY_WHEN_QUEUED { Utf8Bytes::from(text.as_str().to_owned()) } else { text };
+        let text = if queued >= COPY_WHEN_QUEUED { self.lanes[w].copy(&text) } else { text };
         let frame = Frame { text, recv_unix_ns: recv_unix_ns(), generation };
         if !self.send(w, WorkerInput::Frame(frame), cost) {
             return Dispatch::Gone;
