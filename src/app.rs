@@ -111,9 +111,11 @@ pub fn run<W: Write + Send + 'static>(
                 }
             }
             Some(deadline) if now >= deadline => {
+                let queued: u64 = metrics.queue_depths().iter().sum();
                 log::error!(
-                    "shutdown did not finish within {:.1}s (stdout blocked?); exiting with what was written",
-                    pc.shutdown_timeout.as_secs_f64()
+                    "shutdown did not finish within {:.1}s (stdout blocked or slow?); exiting with what was written: about {queued} messages ({} KiB) still queued were not written (see --shutdown-timeout, --buffer-mib)",
+                    pc.shutdown_timeout.as_secs_f64(),
+                    budget.used() >> 10
                 );
                 log::info!("{}", summary(&metrics.snapshot(), started, &metrics));
                 return Outcome::ShutdownTimedOut;

@@ -109,6 +109,8 @@ fn gaps_over_symbols(n_symbols: usize, rps: &str) -> Vec<Instant> {
         assert_eq!(r["status"], "ok", "{r}");
         assert_eq!(r["recovered"], r["missing"], "every missing trade came back: {r}");
     }
+    let recovered_trades: u64 = recoveries.iter().filter_map(|r| r["recovered"].as_u64()).sum();
+    eprintln!("{n_symbols} gaps: {recovered_trades} trades recovered (each exactly once)");
     let recovered: HashSet<String> =
         recoveries.iter().filter_map(|r| r["symbol_id"].as_str().map(str::to_string)).collect();
     assert_eq!(recovered.len(), n_symbols, "every symbol recovered");

@@ -53,9 +53,12 @@ const READER_FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// measured from the RSS at its end.
 const WARMUP_MAX: Duration = Duration::from_secs(60);
 const WARMUP_FRACTION: f64 = 0.2;
-/// Pass/fail limits (issue 5: drift < 1 MiB; overload: memory bounded, reported as a max).
+/// Pass/fail limits (issue 5: drift < 1 MiB; overload: memory bounded, reported as a max). Under
+/// overload (and a flood) the client's buffer fills to its budget (`--buffer-mib`, 64 MiB by
+/// default), so the bound is that plus the process's own ~16 MiB; a flood is held to it rather
+/// than to the drift limit, which only a paced run can meet while the buffer fills.
 const RSS_DRIFT_MAX_KIB: i64 = 1024;
-const OVERLOAD_RSS_MAX_KIB: u64 = 64 * 1024;
+const OVERLOAD_RSS_MAX_KIB: u64 = 80 * 1024;
 /// Linux reports CPU time in clock ticks of 1/100 s (`getconf CLK_TCK`) on every platform this
 /// project runs on; reading the real value would need libc.
 const CLOCK_TICKS_PER_S: f64 = 100.0;
@@ -888,10 +891,17 @@ impl Report {
             );
             return failures;
         }
-        fail(
-            self.drift_kib().is_none_or(|d| d > RSS_DRIFT_MAX_KIB),
-            format!("rss drift {:?} KiB above {RSS_DRIFT_MAX_KIB} KiB", self.drift_kib()),
-        );
+        if plan.rate == 0 {
+            fail(
+                self.max_rss_kib().is_none_or(|k| k > OVERLOAD_RSS_MAX_KIB),
+                format!("max rss {:?} KiB above {OVERLOAD_RSS_MAX_KIB} KiB", self.max_rss_kib()),
+            );
+        } else {
+            fail(
+                self.drift_kib().is_none_or(|d| d > RSS_DRIFT_MAX_KIB),
+                format!("rss drift {:?} KiB above {RSS_DRIFT_MAX_KIB} KiB", self.drift_kib()),
+            );
+        }
         fail(self.dropped != Some(0), format!("dropped: {:?}", self.dropped));
         fail(!self.client_exit_ok(), format!("client exit {}", describe_exit(self.client_stop.status)));
         fail(self.data_lines == 0, "no market-data line was read".into());
