@@ -141,10 +141,6 @@ impl Resyncs {
         taken
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.pending.lock().is_empty()
-    }
-
     /// A new connection subscribes everything afresh: nothing is left to resubscribe.
     pub fn clear(&self) {
         self.pending.lock().clear();

@@ -161,7 +161,8 @@ pub const BATCH_BYTES: usize = 32 * 1024;
 pub const WRITER_QUEUE_PER_PRODUCER: usize = 4;
 /// Distinct symbols with their own drop count; more are summed under `(other)`.
 pub const DROP_SYMBOLS_MAX: usize = 1_000;
-/// How long a recovery result may wait for room in a worker's channel before it is counted lost.
+/// How long a recovery result may wait for room in the workers' buffer (or a capped queue) before
+/// its page is asked for again later.
 pub const DELIVERY_WAIT: Duration = Duration::from_secs(2);
 /// Largest REST body accepted. A `latest` page of 100 trades is ~25 KiB; an order book with all
 /// levels can reach a few MiB.

@@ -460,7 +460,7 @@ impl<'a> Reader<'a> {
             return;
         }
         let (kind, streams) = if self.resubscribe.is_empty() {
-            if self.resyncs.is_empty() {
+            if !self.resyncs.wanted() {
                 return;
             }
             ("unsubscribe", self.resyncs.take(SCOPE_BATCH_MAX))

@@ -34,7 +34,7 @@ pub mod windows;
 use dedup::TradeId;
 use sequence::SeqOutcome;
 use symbols::{BookStep, SymbolTable, TableLimits, WindowAllowance};
-use windows::{Closed, TooManyGaps};
+use windows::{Closed, TooManyGaps, Window};
 
 /// A symbol with no data for this long counts as silent in the health line. Quiet markets are
 /// normal, so silence is only reported, never a reason to reconnect.
@@ -91,11 +91,7 @@ impl<'a> Worker<'a> {
             metrics,
             recovery: None,
             resyncs: None,
-            windows: WindowAllowance {
-                next_id: 1,
-                pins_left: PINS_PER_WORKER_MAX,
-                capacity: limits.trade_ids_per_symbol,
-            },
+            windows: WindowAllowance { next_id: 1, pins_left: PINS_PER_WORKER_MAX },
             timestamps: TimestampFormatter::default(),
             batch: Batch::with_capacity(BATCH_BYTES * 2),
             warnings: 0,
@@ -155,17 +151,8 @@ impl<'a> Worker<'a> {
     /// `recovery` line, so what was lost is said.
     pub fn windows_left_at_exit(&mut self, now_unix_ns: i128) {
         for (symbol, w) in self.symbols.drain_windows() {
-            self.windows.pins_left += w.pins();
-            let report = RecoveryReport {
-                window: Some((w.start_ns, w.end_ns)),
-                missing: w.missing,
-                requests: w.pages,
-                records: w.records,
-                recovered: w.recovered,
-                duplicates: w.duplicates,
-                failure: Some(RecoveryFailure { attempts: 0, error: "", reason: Unrecovered::PendingAtExit }),
-            };
-            self.report(&symbol, DataType::Trade, report, now_unix_ns);
+            let failure = RecoveryFailure { attempts: 0, error: "", reason: Unrecovered::PendingAtExit };
+            self.report_window(&symbol, w, Some(failure), now_unix_ns);
         }
     }
 
@@ -332,10 +319,12 @@ impl<'a> Worker<'a> {
                 }
                 continue;
             }
-            let allowance = &mut self.windows;
+            let (allowance, capacity) = (&mut self.windows, self.symbols.limits().trade_ids_per_symbol);
             let opened = self
                 .symbols
-                .with_symbol(&symbol, at_unix_ns, |s| s.open_reconnect_window(generation, at_unix_ns, allowance))
+                .with_symbol(&symbol, at_unix_ns, |s| {
+                    s.open_reconnect_window(generation, at_unix_ns, capacity, allowance)
+                })
                 .flatten();
             match opened {
                 Some(Ok(_)) => {}
@@ -417,9 +406,14 @@ impl<'a> Worker<'a> {
     /// Closes trade window `id` of `symbol_id` with its `recovery` line.
     fn finish_window(&mut self, symbol_id: &str, id: u64, failure: Option<RecoveryFailure<'_>>, at_unix_ns: i128) {
         let window = self.symbols.with_symbol(symbol_id, at_unix_ns, |s| s.trade_gaps.remove(id)).flatten();
-        let Some(w) = window else {
-            return;
-        };
+        if let Some(w) = window {
+            self.report_window(symbol_id, w, failure, at_unix_ns);
+        }
+    }
+
+    /// The `recovery` line of a trade window that has left its symbol's state; its pins go back
+    /// to the worker's allowance.
+    fn report_window(&mut self, symbol_id: &str, w: Window, failure: Option<RecoveryFailure<'_>>, at_unix_ns: i128) {
         self.windows.pins_left += w.pins();
         let report = RecoveryReport {
             window: Some((w.start_ns, w.end_ns)),

@@ -69,8 +69,6 @@ pub struct TradeVisit {
 pub struct WindowAllowance {
     pub next_id: u64,
     pub pins_left: usize,
-    /// The trade-id memory's depth (`TableLimits::trade_ids_per_symbol`).
-    pub capacity: usize,
 }
 
 /// How far exchange times of consecutive trades were seen to disagree with their order (~50 ms),
@@ -144,9 +142,10 @@ impl SymbolState {
         &mut self,
         generation: u64,
         now_ns: i128,
+        capacity: usize,
         allowance: &mut WindowAllowance,
     ) -> Option<Result<u64, TooManyGaps>> {
-        let start = self.window_start(self.last_trade_ns?, allowance.capacity);
+        let start = self.window_start(self.last_trade_ns?, capacity);
         let id = allowance.next_id;
         allowance.next_id += 1;
         let delivered = self.trades.keys_with_times();
@@ -233,12 +232,6 @@ impl SymbolState {
     /// Classifies one sequenced message of the current generation and records it.
     pub fn observe(&mut self, data_type: DataType, sequence: u64) -> SeqOutcome {
         sequence::step(&mut self.sequences[slot(data_type)], sequence)
-    }
-
-    /// Whether this trade id was already written for the symbol (remembering it if not);
-    /// `capacity` is `TableLimits::trade_ids_per_symbol`.
-    pub fn trade(&mut self, id: &str, capacity: usize) -> TradeId {
-        self.trades.insert(id, capacity)
     }
 }
 
@@ -478,10 +471,16 @@ mod tests {
         // (a REST page recovered after a reconnect overlaps what the old connection wrote).
         let mut t = table(10);
         let cap = t.limits().trade_ids_per_symbol;
-        assert_eq!(t.with_symbol("A", 0, |s| s.trade(UUID_WS, cap)), Some(TradeId::New));
-        assert_eq!(t.with_symbol("B", 0, |s| s.trade(UUID_REST, cap)), Some(TradeId::New));
+        assert_eq!(t.with_symbol("A", 0, |s| s.recovered_trade(None, UUID_WS, None, cap, &mut 0)), Some(TradeId::New));
+        assert_eq!(
+            t.with_symbol("B", 0, |s| s.recovered_trade(None, UUID_REST, None, cap, &mut 0)),
+            Some(TradeId::New)
+        );
         t.start_generation(2);
-        assert_eq!(t.with_symbol("A", 0, |s| s.trade(UUID_REST, cap)), Some(TradeId::Seen));
+        assert_eq!(
+            t.with_symbol("A", 0, |s| s.recovered_trade(None, UUID_REST, None, cap, &mut 0)),
+            Some(TradeId::Seen)
+        );
     }
 
     #[test]

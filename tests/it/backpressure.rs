@@ -17,6 +17,27 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The feed's largest resident memory, sampled (not synchronised on) every 20 ms until the
+/// simulator has sent `n` messages, or 60 s.
+fn max_rss_until_sent(sim: &Sim, feed: &Feed, n: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut max_rss = rss_kib(feed.pid());
+    while sim.data_sent() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        max_rss = max_rss.max(rss_kib(feed.pid()));
+    }
+    max_rss
+}
+
+/// Waits (30 s at most) until the last health line shows all `n` messages read and `empty`
+/// (the queues' or the buffer's empty mark): the accounting is complete then.
+fn drained(feed: &Feed, n: u64, empty: &str) -> bool {
+    let all_read = format!(" received={n} ");
+    feed.stderr.wait_until(Duration::from_secs(30), |l| {
+        l.iter().rev().find(|x| x.contains("health: ")).is_some_and(|h| h.contains(&all_read) && h.contains(empty))
+    })
+}
+
 /// Proves that with a tiny queue and a stalled consumer, the channel never exceeds its
 /// capacity, drops are counted per symbol and in total, memory stays bounded, the connection
 /// stays up, and every received message is accounted for as written or dropped.
@@ -38,13 +59,7 @@ fn a_stalled_consumer_causes_counted_drops_not_growth() {
     // Nobody reads stdout: the pipe fills, then the writer's queue, then the worker's channel.
     // The simulator must still get every message out, because the reader keeps reading.
     // Sample the process's memory while it is stalled (sampling, not synchronisation).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut max_rss = 0;
-    while sim.data_sent() < N && std::time::Instant::now() < deadline {
-        max_rss = max_rss.max(rss_kib(feed.pid()));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    max_rss = max_rss.max(rss_kib(feed.pid()));
+    let max_rss = max_rss_until_sent(&sim, &feed, N);
     eprintln!("backpressure: max rss while stalled {max_rss} KiB");
     assert!(max_rss < 64 * 1024, "memory grew while the consumer stalled: {max_rss} KiB");
     let all_sent = sim.data_sent() >= N;
@@ -59,13 +74,7 @@ fn a_stalled_consumer_causes_counted_drops_not_growth() {
     feed.release_stdout();
     // "Sent" means the kernel took the bytes; wait until the reader has read them all and the
     // queue is empty before stopping, so the accounting below is complete.
-    let all_read = format!(" received={N} ");
-    let quiet = feed.stderr.wait_until(Duration::from_secs(30), |l| {
-        l.iter()
-            .rev()
-            .find(|x| x.contains("health: "))
-            .is_some_and(|h| h.contains(&all_read) && h.contains("queues=[0/8]"))
-    });
+    let quiet = drained(&feed, N, "queues=[0/8]");
     assert!(quiet, "queues never drained; stderr:\n{}", feed.stderr_text());
     feed.signal("INT");
     let (status, _) = feed.wait_exit(Duration::from_secs(10));
@@ -107,20 +116,9 @@ fn consumer_stalls_are_absorbed_without_a_drop_and_memory_comes_back() {
     // Memory before the first stall, once the stream runs.
     assert!(feed.stdout.wait_until(Duration::from_secs(10), |l| l.len() >= 8_000));
     let before = rss_kib(pid);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut peak = before;
-    while sim.data_sent() < N && std::time::Instant::now() < deadline {
-        peak = peak.max(rss_kib(pid));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let all_read = format!(" received={N} ");
-    let drained = feed.stderr.wait_until(Duration::from_secs(30), |l| {
-        l.iter()
-            .rev()
-            .find(|x| x.contains("health: "))
-            .is_some_and(|h| h.contains(&all_read) && h.contains(" buffer_kib=0/"))
-    });
-    assert!(drained, "the buffer never drained; stderr:\n{}", feed.stderr_text());
+    let peak = max_rss_until_sent(&sim, &feed, N);
+    let empty = drained(&feed, N, " buffer_kib=0/");
+    assert!(empty, "the buffer never drained; stderr:\n{}", feed.stderr_text());
     assert!(feed.stdout.wait_until(Duration::from_secs(30), |l| market_lines(l).len() as u64 >= N));
     let settled = rss_kib(pid);
     feed.signal("INT");
@@ -161,21 +159,10 @@ fn a_sustained_overload_is_shed_within_the_buffer() {
         &["--buffer-mib", "2", "--queue-wait-ms", "5", "--workers", "1"],
     );
     let mut feed = Feed::start(&args, FeedOptions { read_stdout: false, ..FeedOptions::default() });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut max_rss = 0;
-    while sim.data_sent() < N && std::time::Instant::now() < deadline {
-        max_rss = max_rss.max(rss_kib(feed.pid()));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let max_rss = max_rss_until_sent(&sim, &feed, N);
     assert!(sim.data_sent() >= N, "the reader stopped reading: only {} of {N} sent", sim.data_sent());
     feed.release_stdout();
-    let all_read = format!(" received={N} ");
-    let quiet = feed.stderr.wait_until(Duration::from_secs(30), |l| {
-        l.iter()
-            .rev()
-            .find(|x| x.contains("health: "))
-            .is_some_and(|h| h.contains(&all_read) && h.contains(" buffer_kib=0/2048"))
-    });
+    let quiet = drained(&feed, N, " buffer_kib=0/2048");
     assert!(quiet, "the buffer never drained; stderr:\n{}", feed.stderr_text());
     let buffers: Vec<u64> = feed
         .stderr

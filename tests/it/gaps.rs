@@ -6,23 +6,10 @@ use std::time::{Duration, Instant};
 
 use coinfeed_sim::{EventKind, RestFault, Sim, SimConfig, WsFault};
 
-use crate::harness::{assert_accounting_closes, control_lines, count_control, field, market_lines, rest_lines, Feed};
-
-/// Start times of the REST requests the simulator received, in order.
-fn rest_requests(sim: &Sim) -> Vec<(Instant, String, u16)> {
-    sim.events()
-        .into_iter()
-        .filter_map(|e| match e.kind {
-            EventKind::RestRequest { path, status, .. } => Some((e.at, path, status)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The most requests that fall in any window of `window` length.
-fn max_in_window(times: &[Instant], window: Duration) -> usize {
-    (0..times.len()).map(|i| times[i..].iter().take_while(|t| **t < times[i] + window).count()).max().unwrap_or(0)
-}
+use crate::harness::{
+    assert_accounting_closes, control_lines, count_control, field, market_lines, max_in_window, rest_lines,
+    rest_requests, Feed,
+};
 
 /// Injects `n` one-message gaps, each into a different upcoming message (the simulator merges
 /// gaps injected before its next message, so each waits for one more message to go out).

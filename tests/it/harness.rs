@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use coinfeed_sim::{EventKind, Sim};
 use parking_lot::{Condvar, Mutex};
 
 pub const KEY: &str = "it-test-key-0123";
@@ -313,4 +314,20 @@ pub fn strip_appended(line: &str) -> (String, String) {
     let (time, source) = tail.split_once("\",\"source\":\"").unwrap_or_else(|| panic!("no source: {line}"));
     assert_eq!(source, "ws\"}", "source field of {line}");
     (format!("{body}}}"), time.to_string())
+}
+
+/// Start times of the REST requests the simulator received, in order.
+pub fn rest_requests(sim: &Sim) -> Vec<(Instant, String, u16)> {
+    sim.events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::RestRequest { path, status, .. } => Some((e.at, path, status)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The most requests that fall in any window of `window` length.
+pub fn max_in_window(times: &[Instant], window: Duration) -> usize {
+    (0..times.len()).map(|i| times[i..].iter().take_while(|t| **t < times[i] + window).count()).max().unwrap_or(0)
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use coinfeed_sim::{EventKind, Sim, SimConfig, SimEvent, WsFault};
 
-use crate::harness::{control_lines, count_control, field, Feed};
+use crate::harness::{control_lines, count_control, field, max_in_window, Feed};
 
 const SYMBOL: &str = "BITSTAMP_SPOT_BTC_USD";
 
@@ -78,11 +78,6 @@ fn stop_cleanly(feed: &mut Feed) {
     feed.signal("INT");
     let (status, _) = feed.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit {status:?}; stderr:\n{}", feed.stderr_text());
-}
-
-/// The most instants that fall in any window of `window` length (`times` sorted).
-fn max_in_window(times: &[Instant], window: Duration) -> usize {
-    (0..times.len()).map(|i| times[i..].iter().take_while(|t| **t < times[i] + window).count()).max().unwrap_or(0)
 }
 
 fn gaps_secs(times: &[Instant]) -> Vec<f64> {

@@ -7,22 +7,9 @@ use std::time::{Duration, Instant};
 use coinfeed_sim::{EventKind, Sim, SimConfig, WsFault};
 
 use crate::gaps::assert_trades_once;
-use crate::harness::{assert_accounting_closes, control_lines, count_control, field, market_lines, Feed};
-
-/// REST request times and paths, in order.
-fn rest_requests(sim: &Sim) -> Vec<(Instant, String)> {
-    sim.events()
-        .into_iter()
-        .filter_map(|e| match e.kind {
-            EventKind::RestRequest { path, .. } => Some((e.at, path)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn max_in_window(times: &[Instant], window: Duration) -> usize {
-    (0..times.len()).map(|i| times[i..].iter().take_while(|t| **t < times[i] + window).count()).max().unwrap_or(0)
-}
+use crate::harness::{
+    assert_accounting_closes, control_lines, count_control, field, market_lines, max_in_window, rest_requests, Feed,
+};
 
 /// Proves the gap fill: one symbol's trades withheld for 8 s at 50 trades/s, then
 /// resumed: every one of the ~400 missing trades is written exactly once, no streamed trade
@@ -48,7 +35,7 @@ fn eight_seconds_of_withheld_trades_come_back_exactly_once() {
     let withheld = sim.stored_trades(&names[0]).iter().filter(|t| !t.streamed).count();
     let rec = &control_lines(&out, "recovery")[0];
     let requests = rest_requests(&sim);
-    let times: Vec<Instant> = requests.iter().map(|(t, _)| *t).collect();
+    let times: Vec<Instant> = requests.iter().map(|(t, _, _)| *t).collect();
     eprintln!(
         "gap fill: {withheld} withheld; recovery {rec}; {} requests ({} credits at 100 trades each), max {} in 1 s",
         requests.len(),
@@ -60,7 +47,7 @@ fn eight_seconds_of_withheld_trades_come_back_exactly_once() {
     assert_eq!(rec["missing"].as_u64(), Some(withheld as u64), "{rec}");
     assert_eq!(rec["recovered"].as_u64(), Some(withheld as u64), "{rec}");
     assert!(rec.get("unrecovered").is_none(), "{rec}");
-    assert!(requests.iter().all(|(_, p)| p.contains("/history?")), "{requests:?}");
+    assert!(requests.iter().all(|(_, p, _)| p.contains("/history?")), "{requests:?}");
     assert!(max_in_window(&times, Duration::from_secs(1)) <= 2, "3 requests within 1 s: {requests:?}");
     assert_trades_once(&sim, &names, &out);
     let s = feed.summary();
