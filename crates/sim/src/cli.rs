@@ -41,6 +41,10 @@ pub struct SimArgs {
     /// Trades kept per symbol for REST trades/latest and trades/history (oldest go first).
     #[arg(long, default_value_t = 200_000)]
     pub trade_store_per_symbol: usize,
+    /// A `book` stream sends a full snapshot instead of a delta after every this many deltas
+    /// (0 = only when a stream starts).
+    #[arg(long, default_value_t = 0)]
+    pub book_snapshot_every: u64,
 }
 
 impl SimArgs {
@@ -51,6 +55,7 @@ impl SimArgs {
             max_messages: self.max_messages,
             book_levels: self.book_levels,
             trade_store_per_symbol: self.trade_store_per_symbol,
+            book_snapshot_every: self.book_snapshot_every,
             ws_listen: self.listen,
             rest_listen: self.rest_listen,
             ..SimConfig::default()
@@ -99,6 +104,7 @@ mod tests {
         assert_eq!(cfg.book_levels, 20);
         assert_eq!(cfg.max_messages, None);
         assert_eq!(cfg.trade_store_per_symbol, SimConfig::default().trade_store_per_symbol);
+        assert_eq!(cfg.book_snapshot_every, 0);
         assert!(cfg.ws_listen.ip().is_loopback() && cfg.ws_listen.port() == 0);
     }
 
@@ -116,6 +122,8 @@ mod tests {
             "127.0.0.1:0",
             "--trade-store-per-symbol",
             "5000",
+            "--book-snapshot-every",
+            "100",
         ])
         .expect("flags parse");
         let cfg = cmd.sim.to_config();
@@ -123,6 +131,7 @@ mod tests {
         assert_eq!(cfg.rate_per_sec, 0);
         assert_eq!(cfg.max_messages, Some(10));
         assert_eq!(cfg.trade_store_per_symbol, 5000);
+        assert_eq!(cfg.book_snapshot_every, 100);
     }
 
     /// The standalone run serves until the stop flag is set, then shuts down promptly.

@@ -2,6 +2,9 @@
 //! formatting, and one generator per stream that produces CoinAPI frames as [`Template`]s with
 //! holes for the sequence number (and the trade uuid tail), so the flood path only splices digits.
 //!
+//! Paced `book` and `book5/20/50` streams build their messages from their symbol's shared model
+//! (see `book`); ring mode and `book_l3` keep a book per stream here.
+//!
 //! Trade streams also hand out the compact fields of every trade ([`RingTrades`], from
 //! `market`), so the connection can append exactly what it sent (or withheld) to the trade store;
 //! timestamps of trades are 100 ns ticks, formatted on the way out and parsed on the way in
@@ -18,6 +21,9 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
+use parking_lot::Mutex;
+
+use super::book::{self, BookModel, BookStream, OracleLink, ViewFaults};
 use super::market::{RingTrades, TradeFields, TradeView, UUID_TAIL_MASK};
 
 /// The symbols served when the caller names none: one per venue style the client must handle
@@ -124,8 +130,8 @@ pub(crate) struct SymbolInfo {
     pub(crate) base: Option<String>,
     pub(crate) quote: Option<String>,
     /// Prices are integers in units of 10^-price_scale.
-    price_scale: u32,
-    ref_price: u64,
+    pub(crate) price_scale: u32,
+    pub(crate) ref_price: u64,
 }
 
 impl SymbolInfo {
@@ -165,7 +171,7 @@ pub(crate) fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);
@@ -309,7 +315,7 @@ fn size_style(rng: &mut fastrand::Rng) -> NumStyle {
 /// Sizes are integers in units of 1e-8.
 const SIZE_SCALE: u32 = 8;
 
-fn random_size(rng: &mut fastrand::Rng) -> u64 {
+pub(crate) fn random_size(rng: &mut fastrand::Rng) -> u64 {
     match rng.u8(0..100) {
         // The smallest unit: spelled `1e-8` in the exponent style.
         0..=1 => 1,
@@ -319,7 +325,7 @@ fn random_size(rng: &mut fastrand::Rng) -> u64 {
     }
 }
 
-fn push_size(out: &mut String, size: u64, rng: &mut fastrand::Rng) {
+pub(crate) fn push_size(out: &mut String, size: u64, rng: &mut fastrand::Rng) {
     let style = size_style(rng);
     let extra = rng.u128(..);
     push_number(out, u128::from(size), SIZE_SCALE, style, extra);
@@ -331,21 +337,49 @@ fn push_price(out: &mut String, sym: &SymbolInfo, price: u64, rng: &mut fastrand
     push_number(out, u128::from(price), sym.price_scale, style, extra);
 }
 
-/// Book prices are keys: the same level must be spelled the same way every time, so the style
-/// is a function of the price. `Long` only appends digits below one price unit, so distinct
-/// levels stay distinct and ordered.
-fn push_level_price(out: &mut String, sym: &SymbolInfo, price: u64) {
+/// Book prices are keys: the same level must always have the same value, but CoinAPI spells a
+/// value as the exchange wrote it, so the spelling varies from message to message: all `scale`
+/// fractional digits (`67069.80`), trailing zeros trimmed (`67069.8`) or padded
+/// (`67069.80000`). One level in 16 (a function of the price) has a `Long` value instead: 28
+/// significant digits, the extra ones below one price unit, so distinct levels stay distinct and
+/// ordered; it is spelled with 28 digits or with one more trailing zero (29).
+pub(crate) fn push_level_price(out: &mut String, sym: &SymbolInfo, price: u64, rng: &mut fastrand::Rng) {
     let h = fnv1a(&price.to_le_bytes());
-    let style = match h % 16 {
-        0 => NumStyle::Long,
-        1 => NumStyle::Padded(3 + (h >> 8) as u32 % 6),
-        _ => NumStyle::Plain,
+    if h % 16 == 0 {
+        let start = out.len();
+        push_number(out, u128::from(price), sym.price_scale, NumStyle::Long, u128::from(h));
+        if rng.u8(0..4) == 0 && out[start..].contains('.') {
+            out.push('0');
+        }
+        return;
+    }
+    let style = match rng.u8(0..100) {
+        0..=69 => NumStyle::Plain,
+        70..=84 => NumStyle::Trimmed,
+        _ => NumStyle::Padded(rng.u32(1..=6)),
     };
-    push_number(out, u128::from(price), sym.price_scale, style, u128::from(h));
+    push_number(out, u128::from(price), sym.price_scale, style, 0);
+}
+
+/// The value of a book level's price as [`push_level_price`] spells it (any spelling), in
+/// canonical form (see [`crate::canonical_decimal`]).
+pub(crate) fn level_price_canonical(sym: &SymbolInfo, price: u64) -> String {
+    let h = fnv1a(&price.to_le_bytes());
+    let style = if h % 16 == 0 { NumStyle::Long } else { NumStyle::Trimmed };
+    let mut s = String::with_capacity(32);
+    push_number(&mut s, u128::from(price), sym.price_scale, style, u128::from(h));
+    super::book::canonical_decimal(&s)
+}
+
+/// The canonical text of a size of `size` units of 1e-8 (its value without extra digits).
+pub(crate) fn size_canonical(size: u64) -> String {
+    let mut s = String::with_capacity(24);
+    push_number(&mut s, u128::from(size), SIZE_SCALE, NumStyle::Trimmed, 0);
+    s
 }
 
 /// One random walk step of at most a few price units, never reaching zero.
-fn walk(mid: u64, rng: &mut fastrand::Rng) -> u64 {
+pub(crate) fn walk(mid: u64, rng: &mut fastrand::Rng) -> u64 {
     let step = rng.u64(0..=4);
     if rng.bool() {
         mid.saturating_add(step)
@@ -366,7 +400,7 @@ fn taker_side(rng: &mut fastrand::Rng) -> u8 {
 }
 
 /// Quote and book times: the exchange time is a little earlier than CoinAPI's receive time.
-fn times(now: OffsetDateTime, rng: &mut fastrand::Rng) -> (String, String) {
+pub(crate) fn times(now: OffsetDateTime, rng: &mut fastrand::Rng) -> (String, String) {
     let lag = time::Duration::microseconds(rng.i64(50..50_000));
     (time_string(now - lag), time_string(now))
 }
@@ -576,15 +610,15 @@ impl Template {
 }
 
 #[derive(Debug, Default)]
-struct TemplateBuilder {
-    text: String,
+pub(crate) struct TemplateBuilder {
+    pub(crate) text: String,
     seq_at: Option<usize>,
     uuid_at: Option<usize>,
 }
 
 impl TemplateBuilder {
     /// `{"type":"T","symbol_id":"S","sequence":<hole>`
-    fn envelope(sym: &SymbolInfo, kind: DataType) -> TemplateBuilder {
+    pub(crate) fn envelope(sym: &SymbolInfo, kind: DataType) -> TemplateBuilder {
         let mut b = TemplateBuilder::default();
         b.text.reserve(256);
         b.text.push_str("{\"type\":\"");
@@ -596,7 +630,7 @@ impl TemplateBuilder {
         b
     }
 
-    fn times(&mut self, now: OffsetDateTime, rng: &mut fastrand::Rng) {
+    pub(crate) fn times(&mut self, now: OffsetDateTime, rng: &mut fastrand::Rng) {
         let (exchange, coinapi) = times(now, rng);
         self.text.push_str(",\"time_exchange\":\"");
         self.text.push_str(&exchange);
@@ -605,7 +639,7 @@ impl TemplateBuilder {
         self.text.push('"');
     }
 
-    fn finish(self) -> Template {
+    pub(crate) fn finish(self) -> Template {
         Template { text: self.text, seq_at: self.seq_at, uuid_at: self.uuid_at }
     }
 }
@@ -721,7 +755,7 @@ fn push_levels(out: &mut String, sym: &SymbolInfo, levels: &[Level], rng: &mut f
             out.push(',');
         }
         out.push_str("{\"price\":");
-        push_level_price(out, sym, l.price);
+        push_level_price(out, sym, l.price, rng);
         out.push_str(",\"size\":");
         if l.size == 0 {
             out.push('0');
@@ -817,7 +851,7 @@ fn push_l3(out: &mut String, sym: &SymbolInfo, entries: &[L3Change], rng: &mut f
             out.push(',');
         }
         let _ = write!(out, "{{\"id\":\"{:016x}\",\"price\":", e.order.id);
-        push_level_price(out, sym, e.order.price);
+        push_level_price(out, sym, e.order.price, rng);
         out.push_str(",\"size\":");
         if e.order.size == 0 {
             out.push('0');
@@ -915,8 +949,16 @@ enum State {
     Trade,
     Quote,
     Book(Book),
+    /// Paced `book`: a view of the symbol's shared model.
+    SharedBook(Box<BookStream>),
+    /// Paced `book5/20/50`: top-N snapshots of the symbol's shared model.
+    SharedTop(Arc<Mutex<BookModel>>),
     L3(L3Book),
-    Ohlcv { period_id: String, period_secs: i64, bar: Option<Bar> },
+    Ohlcv {
+        period_id: String,
+        period_secs: i64,
+        bar: Option<Bar>,
+    },
     Exrate,
 }
 
@@ -949,8 +991,12 @@ pub(crate) struct StreamGen {
     last_sent: Option<(u64, usize)>,
     /// ...and its fields once they are no longer in `ring_trades` (ring rebuilt, `Oversized`).
     last_sent_saved: Option<TradeFields>,
-    /// Trades were withheld since the last one sent: the next one sent shows a sequence gap.
+    /// Trades were withheld (or book deltas dropped) since the last message sent: the next one
+    /// sent shows a sequence gap.
     withheld_gap: bool,
+    /// Descriptions of model faults the shared book applied while this stream stepped it, for
+    /// the connection to log (drained after every message).
+    applied: Vec<String>,
 }
 
 /// What `emit` put into the buffer (or, for `withhold`, would have).
@@ -964,6 +1010,9 @@ pub(crate) struct Emitted {
     pub(crate) seq: u64,
     /// The ring position of the template used (for the trade in [`StreamGen::ring_trades`]).
     pub(crate) pos: usize,
+    /// Whether a frame was written (false: a withheld trade or a dropped book delta, whose
+    /// sequence number was consumed all the same).
+    pub(crate) written: bool,
 }
 
 impl StreamGen {
@@ -1014,7 +1063,50 @@ impl StreamGen {
             last_sent: None,
             last_sent_saved: None,
             withheld_gap: false,
+            applied: Vec::new(),
         }
+    }
+
+    /// A paced `book` or `book5/20/50` stream on the symbol's shared `model`: `book` keeps a view
+    /// of it (see [`BookStream`]), whose messages go to `oracle` (when given); the others send
+    /// top-N snapshots of it. Other kinds get [`StreamGen::new`]'s own state.
+    pub(crate) fn new_shared(
+        kind: DataType,
+        sym: Arc<SymbolInfo>,
+        book_levels: usize,
+        model: Arc<Mutex<BookModel>>,
+        snapshot_every: u64,
+        oracle: Option<OracleLink>,
+        rng: fastrand::Rng,
+    ) -> StreamGen {
+        let mut g = StreamGen::new(kind, sym, book_levels, "1MIN", false, rng);
+        match kind {
+            DataType::Book => {
+                g.state = State::SharedBook(Box::new(BookStream::new(model, book_levels, snapshot_every, oracle)))
+            }
+            DataType::Book5 | DataType::Book20 | DataType::Book50 => g.state = State::SharedTop(model),
+            _ => {}
+        }
+        g
+    }
+
+    /// Hands book faults waiting for this stream's symbol to a shared `book` stream (clearing
+    /// what it took): `BookDeltasBeforeSnapshot` only while the stream has sent nothing since it
+    /// (re)started. Other streams take nothing.
+    pub(crate) fn absorb_book_faults(&mut self, faults: &mut ViewFaults) {
+        if let State::SharedBook(stream) = &mut self.state {
+            stream.absorb(faults);
+        }
+    }
+
+    /// Whether model faults were applied by this stream's last messages (see `take_applied`).
+    pub(crate) fn has_applied(&self) -> bool {
+        !self.applied.is_empty()
+    }
+
+    /// Descriptions of the model faults applied while this stream stepped the shared book.
+    pub(crate) fn take_applied(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.applied)
     }
 
     pub(crate) fn symbol(&self) -> &Arc<SymbolInfo> {
@@ -1023,6 +1115,9 @@ impl StreamGen {
 
     /// The next message of an incremental stream is a fresh snapshot (resubscription).
     pub(crate) fn request_snapshot(&mut self) {
+        if let State::SharedBook(stream) = &mut self.state {
+            stream.request_snapshot();
+        }
         if self.kind.is_incremental() {
             self.snapshot_due = true;
         }
@@ -1031,6 +1126,9 @@ impl StreamGen {
     /// An incremental stream (`book`, `book_l3`) starts over as CoinAPI restarts it after
     /// unsubscribe + subscribe: sequence 1 and a snapshot. Other kinds are left alone.
     pub(crate) fn restart(&mut self) {
+        if let State::SharedBook(stream) = &mut self.state {
+            stream.restart();
+        }
         if self.kind.is_incremental() {
             self.next_seq = 1;
             self.snapshot_due = true;
@@ -1063,12 +1161,15 @@ impl StreamGen {
         let seq = if sequenced { self.take_seq(gap) } else { 0 };
         let pos = self.ring_pos;
         self.ring_pos += 1;
-        Emitted { start: 0, sequenced, seq, pos }
+        Emitted { start: 0, sequenced, seq, pos, written: true }
     }
 
     /// Appends the next data frame of this stream to `out`. `gap` sequence numbers are skipped
     /// first (only if this stream is sequenced; see `Emitted::sequenced`).
     pub(crate) fn emit(&mut self, out: &mut Vec<u8>, gap: u64, clock: Clock) -> Emitted {
+        if matches!(self.state, State::SharedBook(_) | State::SharedTop(_)) {
+            return self.emit_shared(out, gap, clock);
+        }
         let mut e = self.advance(gap, clock);
         if let Some(t) = self.ring.get(e.pos) {
             e.start = t.write_frame(out, e.seq, e.seq);
@@ -1085,7 +1186,36 @@ impl StreamGen {
     pub(crate) fn withhold(&mut self, clock: Clock) -> Emitted {
         let e = self.advance(0, clock);
         self.withheld_gap = true;
-        e
+        Emitted { written: false, ..e }
+    }
+
+    /// `emit` for streams on a shared book: steps the model, writes the next message (or, for a
+    /// dropped delta, nothing: the sequence number is consumed and the gap stays pending).
+    fn emit_shared(&mut self, out: &mut Vec<u8>, gap: u64, clock: Clock) -> Emitted {
+        let now = clock();
+        let sym = Arc::clone(&self.sym);
+        let template = match &mut self.state {
+            State::SharedBook(stream) => stream.build(&sym, now, &mut self.rng, &mut self.applied),
+            State::SharedTop(model) => {
+                Some(book::top_snapshot(model, self.kind, &sym, self.depth, now, &mut self.rng, &mut self.applied))
+            }
+            _ => None,
+        };
+        match template {
+            Some(t) => {
+                let seq = self.take_seq(gap);
+                let start = t.write_frame(out, seq, seq);
+                if let State::SharedBook(stream) = &self.state {
+                    stream.record(&sym, seq);
+                }
+                Emitted { start, sequenced: true, seq, pos: 0, written: true }
+            }
+            None => {
+                let seq = self.take_seq(0);
+                self.withheld_gap = true;
+                Emitted { start: out.len(), sequenced: false, seq, pos: 0, written: false }
+            }
+        }
     }
 
     /// One trade generated while the connection is down (an outage): fresh fields at `now`,
@@ -1184,6 +1314,8 @@ impl StreamGen {
                 b.text.push('}');
                 b.finish()
             }
+            // `emit` sends these through `emit_shared`; an empty message if ever reached.
+            State::SharedBook(_) | State::SharedTop(_) => TemplateBuilder::envelope(&sym, self.kind).finish(),
             State::L3(l3) => {
                 let (asks, bids) = if snapshot {
                     let as_adds = |orders: &[Order]| {
@@ -1253,7 +1385,7 @@ impl StreamGen {
         let t = trade_template(&self.sym, &self.uuid_head, &fields, 0);
         let seq = self.take_seq(gap);
         let start = t.write_frame(out, seq, tail);
-        Some(Emitted { start, sequenced: true, seq, pos })
+        Some(Emitted { start, sequenced: true, seq, pos, written: true })
     }
 
     /// A real trade of this stream (next sequence) padded with a long string field so the frame
@@ -1275,7 +1407,7 @@ impl StreamGen {
         self.last_sent = Some((seq, 0));
         self.last_sent_saved = Some(fields.clone());
         let uuid = self.uuid_bits | (u128::from(seq) & UUID_TAIL_MASK);
-        (Emitted { start, sequenced: true, seq, pos: 0 }, uuid, fields)
+        (Emitted { start, sequenced: true, seq, pos: 0, written: true }, uuid, fields)
     }
 }
 
@@ -1321,18 +1453,23 @@ pub(crate) fn rest_quote(
     out
 }
 
-/// REST `orderbooks/current` body with `levels` per side.
-pub(crate) fn rest_orderbook(sym: &SymbolInfo, levels: usize, now: OffsetDateTime, rng: &mut fastrand::Rng) -> String {
-    let mid = walk(sym.ref_price, rng);
-    let book = Book::seed(mid, levels, rng);
-    let mut out = String::with_capacity(128 + levels * 80);
+/// REST `orderbooks/current` body: these levels (price units, size units), best first.
+pub(crate) fn rest_orderbook(
+    sym: &SymbolInfo,
+    asks: &[(u64, u64)],
+    bids: &[(u64, u64)],
+    now: OffsetDateTime,
+    rng: &mut fastrand::Rng,
+) -> String {
+    let levels = |side: &[(u64, u64)]| side.iter().map(|&(price, size)| Level { price, size }).collect::<Vec<_>>();
+    let mut out = String::with_capacity(128 + (asks.len() + bids.len()) * 40);
     out.push_str("{\"symbol_id\":");
     out.push_str(&sym.id_json);
     let (exchange, coinapi) = times(now, rng);
     let _ = write!(out, ",\"time_exchange\":\"{exchange}\",\"time_coinapi\":\"{coinapi}\",\"asks\":");
-    push_levels(&mut out, sym, &book.asks, rng);
+    push_levels(&mut out, sym, &levels(asks), rng);
     out.push_str(",\"bids\":");
-    push_levels(&mut out, sym, &book.bids, rng);
+    push_levels(&mut out, sym, &levels(bids), rng);
     out.push('}');
     out
 }
@@ -1671,7 +1808,7 @@ mod tests {
         let sym = Arc::new(SymbolInfo::new("BITSTAMP_SPOT_BTC_USD", 0));
         let mut g = StreamGen::new(DataType::Trade, sym, 20, "1MIN", true, fastrand::Rng::with_seed(2));
         let mut out = Vec::new();
-        let mut last = Emitted { start: 0, sequenced: true, seq: 0, pos: 0 };
+        let mut last = Emitted { start: 0, sequenced: true, seq: 0, pos: 0, written: true };
         for _ in 0..FLOOD_RING_LEN {
             last = g.emit(&mut out, 0, moving_clock);
         }

@@ -5,8 +5,9 @@
 //!
 //! This module owns the public surface ([`Sim`], [`SimConfig`], the fault and event types) and
 //! the state shared by the server threads. `ws` runs the WebSocket connections, `rest` the HTTP
-//! server, `gen` produces the frames, `market` keeps the per-symbol trade store, `record` keeps
-//! the observation records, `cli` the standalone flags. The simulator never uses the client's
+//! server, `gen` produces the frames, `book` keeps the per-symbol order book models and the book
+//! oracle, `market` keeps the per-symbol trade store, `record` keeps the observation records,
+//! `cli` the standalone flags. The simulator never uses the client's
 //! types: it writes its wire text by hand so it is an independent witness. Production code never
 //! imports it.
 //!
@@ -19,12 +20,24 @@
 //! de-duplicate; [`Sim::stored_trades`] shows tests the same truth. Two connections streaming one
 //! symbol each append their own trades (they are two samples of one market).
 //!
+//! # One order book per symbol
+//!
+//! Each symbol has one L2 book model. In paced mode (`rate_per_sec` from 1 to 19,999) every
+//! `book` and `book5/20/50` stream of every connection, and REST `orderbooks/current`, read it;
+//! each book-family message steps it once. A `book` stream keeps a view of what it has sent:
+//! a snapshot first (after every (re)start), then deltas of exactly the levels that changed, so
+//! connections streaming one symbol agree. With `book_oracle_depths` set, [`Sim::book_oracle`]
+//! records each view's top-of-book digest ([`book_top_digest`]) after every `book` message, for
+//! tests to compare a client's book with. Ring mode (0 or from 20,000) keeps pre-built per-stream
+//! books instead (not shared, no oracle), and `book_l3` always has its own per-stream book.
+//!
 //! Threads: `sim-ws` (accept) with one `sim-ws-N` per connection, `sim-rest` (accept) with one
 //! `sim-rest-N` per connection. A connection dropped by an outage keeps its thread until the
 //! outage ends, generating its trades into the store. All poll a shared stop flag at least every
 //! few tens of milliseconds, so [`Sim::shutdown`] (also run on drop) joins everything well under
 //! a second, even with stalled clients, hung upgrades, hung REST requests or an outage.
 
+mod book;
 pub mod cli;
 mod gen;
 mod market;
@@ -46,6 +59,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+pub use book::{book_top_digest, canonical_decimal};
 pub use gen::DEFAULT_SYMBOLS;
 
 use gen::SymbolInfo;
@@ -93,6 +107,13 @@ pub struct SimConfig {
     /// and outage trades alike); the oldest go first. The default holds 200 s of a symbol at
     /// 1000 trades/s, about 15 MB per symbol when full in paced mode.
     pub trade_store_per_symbol: usize,
+    /// A `book` stream sends a full snapshot (`is_snapshot: true`) instead of its next delta
+    /// after every this many deltas (dropped ones included); 0 = never (only at (re)start).
+    pub book_snapshot_every: u64,
+    /// Depths of the book oracle's digests (see [`Sim::book_oracle`]); empty = no oracle.
+    pub book_oracle_depths: Vec<usize>,
+    /// Oracle entries kept at most; later ones are counted by [`Sim::book_oracle_dropped`].
+    pub book_oracle_limit: usize,
 }
 
 impl Default for SimConfig {
@@ -109,6 +130,9 @@ impl Default for SimConfig {
             rest_listen: loopback,
             heartbeat_after: Duration::from_secs(1),
             trade_store_per_symbol: 200_000,
+            book_snapshot_every: 0,
+            book_oracle_depths: Vec::new(),
+            book_oracle_limit: 1_000_000,
         }
     }
 }
@@ -116,9 +140,26 @@ impl Default for SimConfig {
 /// Largest `book_levels` accepted (a `book` snapshot of 1000 levels per side is ~80 KB).
 const BOOK_LEVELS_MAX: usize = 1000;
 
-/// WebSocket faults. All but the two upgrade faults are applied by every live connection between
-/// two data batches (so in order with the data it already sent); with no connection live they
-/// wait for the next one.
+/// Most `book_oracle_depths` accepted (each costs a digest per `book` message).
+const BOOK_ORACLE_DEPTHS_MAX: usize = 16;
+
+/// WebSocket faults. All but the two upgrade faults and the three book model faults are applied
+/// by every live connection between two data batches (so in order with the data it already
+/// sent); with no connection live they wait for the next one.
+///
+/// # Book faults
+///
+/// Each symbol has one order book model shared by every paced `book` and `book5/20/50` stream
+/// and by REST `orderbooks/current`; a `book` stream keeps a view of what it has sent. The model
+/// faults (`BookCross`, `BookSweep`, `BookLevelFlood`) change the model itself: they go straight
+/// to it (not through the connections), are applied once at its next step (the next book-family
+/// message of the symbol on any connection; logged as `FaultApplied` on that connection), and
+/// every `book` view sees the change in its next delta. The others (`BookSnapshot`,
+/// `BookDropDeltas`, `BookNegativeSize`, `BookDeltasBeforeSnapshot`) are per connection like
+/// every other fault: each live connection (or the next one) applies its copy to its own `book`
+/// stream of the symbol, and keeps it until it streams one. In ring mode (`rate_per_sec` 0 or
+/// from 20,000) streams replay their own pre-built books: book faults other than `GapOn` do not
+/// reach them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WsFault {
     /// The next sequenced data message skips `skip` sequence numbers on its stream.
@@ -158,6 +199,66 @@ pub enum WsFault {
     /// the trade store (as not streamed), but are not sent: when the window ends the next trade
     /// frame shows the jump. Other streams and symbols are unaffected.
     WithholdTrades { symbol_id: String, duration: Duration },
+    /// The next `book` message of `symbol_id` is a full snapshot (`is_snapshot: true`).
+    BookSnapshot { symbol_id: String },
+    /// The next `count` `book` deltas of `symbol_id` are applied to the model and to the
+    /// stream's view but not sent; their sequence numbers are consumed, so the next message sent
+    /// shows the jump (counted by [`Sim::gaps_emitted`]) and a client's book is really stale.
+    /// A snapshot due meanwhile is sent (and ends the staleness). No oracle entries for them.
+    BookDropDeltas { symbol_id: String, count: u64 },
+    /// Model fault: a bid at the best ask's price (so best bid >= best ask) is added, carried by
+    /// the next delta, and kept for `duration` from then; random changes leave it (and the asks
+    /// at or below it) alone, ordinary deltas keep flowing; then a delta removes it (size 0).
+    /// A second cross while one is on extends it.
+    BookCross { symbol_id: String, duration: Duration },
+    /// Model fault: one step removes the best ask (size 0) and adds a bid at that price, so one
+    /// delta carries both: the final book is not crossed (the best ask is the next one, strictly
+    /// above), but applying the bids before the asks crosses it in between. Waits while a
+    /// `BookCross` is on; ignored when the model has fewer than two asks.
+    BookSweep { symbol_id: String },
+    /// The next `book` delta of `symbol_id` carries one extra entry with size `-0.5` for a level
+    /// the stream's view holds (one of the best three of a side, not otherwise in the message);
+    /// the rest is valid. Neither the model nor the view is changed by that entry.
+    BookNegativeSize { symbol_id: String },
+    /// The next time the `book` stream of `symbol_id` starts (subscribe, or unsubscribe +
+    /// subscribe), it sends `count` deltas (the model's changes, which a client must discard)
+    /// before its snapshot; sequences run from 1 through them, the snapshot follows.
+    BookDeltasBeforeSnapshot { symbol_id: String, count: u64 },
+    /// Model fault: the model gains `levels` new price levels, one price unit apart, half beyond
+    /// the worst bid and half beyond the worst ask (at most 20,000 levels per side in all). They
+    /// stay; `book` views receive them as deltas of at most 200 levels per message; snapshots
+    /// and REST still show at most `book_levels` per side.
+    BookLevelFlood { symbol_id: String, levels: usize },
+}
+
+impl WsFault {
+    /// The symbol of a book model fault (applied to the shared model, not per connection).
+    fn model_symbol(&self) -> Option<&str> {
+        match self {
+            WsFault::BookCross { symbol_id, .. }
+            | WsFault::BookSweep { symbol_id }
+            | WsFault::BookLevelFlood { symbol_id, .. } => Some(symbol_id),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the book oracle ([`Sim::book_oracle`]): the state of one connection's `book`
+/// stream view right after one message it sent, i.e. the book a client that applied that
+/// connection's messages exactly holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookOracleEntry {
+    /// The connection number, as in [`SimEvent::conn`].
+    pub conn: u64,
+    pub symbol_id: String,
+    /// The message's sequence number.
+    pub sequence: u64,
+    /// [`book_top_digest`] of the view's best D levels per side, one per
+    /// `SimConfig::book_oracle_depths` entry, in that order. Deltas sent before the stream's
+    /// first snapshot (`BookDeltasBeforeSnapshot`) leave the view empty: a client discards them.
+    pub digests: Vec<u64>,
+    /// The view's best bid >= its best ask.
+    pub crossed: bool,
 }
 
 /// REST faults, queued first in first out; each one answers exactly one request.
@@ -362,6 +463,9 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     /// REST credits left in the simulated daily budget (may go negative, as on CoinAPI).
     pub(crate) credits_remaining: AtomicI64,
+    /// One L2 book model per symbol (indexed like `symbols`).
+    pub(crate) books: Vec<Arc<Mutex<book::BookModel>>>,
+    pub(crate) book_oracle: Arc<book::OracleLog>,
 }
 
 impl Shared {
@@ -449,6 +553,9 @@ impl Sim {
                 config.trade_store_per_symbol
             )));
         }
+        if config.book_oracle_depths.len() > BOOK_ORACLE_DEPTHS_MAX {
+            return Err(invalid(format!("sim book_oracle_depths has more than {BOOK_ORACLE_DEPTHS_MAX} entries")));
+        }
         if config.heartbeat_after.is_zero() {
             return Err(invalid("sim heartbeat_after must be positive".to_string()));
         }
@@ -460,6 +567,11 @@ impl Sim {
                 symbols.push(Arc::new(SymbolInfo::new(id, symbols.len())));
             }
         }
+        let books = symbols
+            .iter()
+            .map(|s| Arc::new(Mutex::new(book::BookModel::new(s, config.book_levels, fastrand::Rng::new()))))
+            .collect();
+        let book_oracle = Arc::new(book::OracleLog::new(config.book_oracle_depths.clone(), config.book_oracle_limit));
         let shared = Arc::new(Shared {
             sent: record::SentLog::new(if config.record_sent { config.record_limit } else { 0 }),
             trades: market::TradeStore::new(symbols.len(), config.trade_store_per_symbol),
@@ -476,6 +588,8 @@ impl Sim {
             outage: Outage::default(),
             next_conn: AtomicU64::new(1),
             credits_remaining: AtomicI64::new(rest::CREDITS_PER_DAY),
+            books,
+            book_oracle,
         });
         let mut sim = Sim { shared: Arc::clone(&shared), ws_addr, rest_addr, threads: Vec::new() };
         let ws_shared = Arc::clone(&shared);
@@ -513,7 +627,15 @@ impl Sim {
 
     /// Applied by every live connection in order with its data stream; with no connection live,
     /// by the next one. Upgrade faults apply to the next accepted connection.
+    /// Book model faults go to the symbol's model (see [`WsFault`]).
     pub fn inject(&self, fault: WsFault) {
+        if let Some(symbol_id) = fault.model_symbol() {
+            match self.shared.symbol(symbol_id) {
+                Some(sym) => self.shared.books[sym.index].lock().inject(fault),
+                None => log::warn!("sim {} ignored: unknown symbol", describe(&fault)),
+            }
+            return;
+        }
         self.shared.faults.lock().inject(fault);
     }
 
@@ -607,6 +729,26 @@ impl Sim {
     /// Trades generated into the store by connections dropped by [`Sim::outage`].
     pub fn outage_trades(&self) -> u64 {
         self.shared.outage_trades.load(Ordering::Relaxed)
+    }
+
+    /// The book oracle log (empty unless `SimConfig::book_oracle_depths` is set): one entry per
+    /// `book` message sent (snapshots and deltas, every connection, in generation order per
+    /// connection), describing that stream's view right after it. Dropped deltas
+    /// (`BookDropDeltas`) have none. At most `book_oracle_limit` entries are kept (the first).
+    pub fn book_oracle(&self) -> Vec<BookOracleEntry> {
+        self.shared.book_oracle.snapshot()
+    }
+
+    /// Oracle entries not kept because `book_oracle_limit` was reached.
+    pub fn book_oracle_dropped(&self) -> u64 {
+        self.shared.book_oracle.dropped()
+    }
+
+    /// Levels the symbol's book model holds now, (bids, asks); `None` for a symbol the
+    /// simulator does not serve.
+    pub fn book_depth(&self, symbol_id: &str) -> Option<(usize, usize)> {
+        let sym = self.shared.symbol(symbol_id)?;
+        Some(self.shared.books[sym.index].lock().len())
     }
 
     /// Stops and joins every thread. Returns within a few tens of milliseconds.

@@ -11,6 +11,7 @@ use tungstenite::{Message, WebSocket};
 
 use super::*;
 
+mod books;
 mod store;
 
 /// Upper bound of every wait in these tests.

@@ -40,6 +40,14 @@
 //! A `book` or `book_l3` stream that was taken out of the scope (unsubscribe, or a hello without
 //! it) and is put back starts over at sequence 1 with a snapshot, as CoinAPI does; other streams
 //! keep their numbering for the life of the connection.
+//!
+//! # Shared books
+//!
+//! In paced mode `book` and `book5/20/50` streams are views of their symbol's shared model
+//! (`book`); the per-connection book faults wait in `Conn::book_faults` until the symbol's
+//! `book` stream takes them, and the model faults a stream's step applied are logged on its
+//! connection. A dropped delta (`BookDropDeltas`) takes its sequence number and writes nothing,
+//! like a withheld trade.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -58,6 +66,7 @@ use tungstenite::http::{HeaderValue, StatusCode};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
+use super::book::{OracleLink, ViewFaults};
 use super::gen::{self, Clock, DataType, StreamGen};
 use super::market::TradeBatch;
 use super::{describe, EventKind, Shared, WsFault};
@@ -107,6 +116,12 @@ const CONTROL_PAYLOAD_MAX: usize = 125;
 const RING_MODE_MIN_RATE: u64 = 20_000;
 
 const HEARTBEAT_TEXT: &str = r#"{"type":"hearbeat"}"#;
+
+/// Whether streams at this `rate_per_sec` replay pre-built rings (flood, or from
+/// `RING_MODE_MIN_RATE`) instead of building each message fresh.
+pub(crate) fn ring_mode(rate_per_sec: u64) -> bool {
+    rate_per_sec == 0 || rate_per_sec >= RING_MODE_MIN_RATE
+}
 
 /// How the accept loop lets a connection in.
 #[derive(Debug)]
@@ -416,6 +431,9 @@ struct Conn {
     outage_epoch: u64,
     /// Set when an outage dropped this connection: trades per second to go on generating.
     outage_rate: Option<f64>,
+    /// Book faults waiting for this connection's `book` stream of a symbol (by symbol index).
+    /// Empty but in book fault tests.
+    book_faults: HashMap<usize, ViewFaults>,
 }
 
 impl Conn {
@@ -455,6 +473,7 @@ impl Conn {
             cadence: Cadence::default(),
             outage_epoch,
             outage_rate: None,
+            book_faults: HashMap::new(),
         };
         conn.ws.get_mut().upgraded = true;
         conn
@@ -684,14 +703,24 @@ impl Conn {
             return *i;
         }
         let cfg = &self.shared.config;
-        let g = StreamGen::new(
-            key.0,
-            Arc::clone(&self.shared.symbols[key.1]),
-            cfg.book_levels,
-            &self.period_id,
-            cfg.rate_per_sec == 0 || cfg.rate_per_sec >= RING_MODE_MIN_RATE,
-            self.rng.fork(),
-        );
+        let ring_mode = ring_mode(cfg.rate_per_sec);
+        let sym = Arc::clone(&self.shared.symbols[key.1]);
+        let shared_book = matches!(key.0, DataType::Book | DataType::Book5 | DataType::Book20 | DataType::Book50);
+        let g = if shared_book && !ring_mode {
+            // Paced books are views of the symbol's one market model.
+            let oracle = Some(OracleLink { log: Arc::clone(&self.shared.book_oracle), conn: self.id });
+            StreamGen::new_shared(
+                key.0,
+                sym,
+                cfg.book_levels,
+                Arc::clone(&self.shared.books[key.1]),
+                cfg.book_snapshot_every,
+                oracle,
+                self.rng.fork(),
+            )
+        } else {
+            StreamGen::new(key.0, sym, cfg.book_levels, &self.period_id, ring_mode, self.rng.fork())
+        };
         self.gens.push(g);
         self.by_key.insert(key, self.gens.len() - 1);
         self.gens.len() - 1
@@ -737,6 +766,7 @@ impl Conn {
         let out = &mut self.ws.get_mut().out;
         // Messages generated (for pacing), frames written, trades withheld, trades sent.
         let (mut n, mut sent, mut withheld, mut trades) = (0u64, 0u64, 0u64, 0u64);
+        let id = self.id;
         while n < want && out.len() < BATCH_BYTES && n < BATCH_MESSAGES_MAX {
             let gi = self.active[self.rr];
             self.rr += 1;
@@ -756,11 +786,28 @@ impl Conn {
                 withheld += 1;
                 continue;
             }
+            if !self.book_faults.is_empty() && g.kind == DataType::Book {
+                if let Some(waiting) = self.book_faults.get_mut(&symbol) {
+                    g.absorb_book_faults(waiting);
+                    if waiting.is_empty() {
+                        self.book_faults.remove(&symbol);
+                    }
+                }
+            }
             // The map is empty but in gap tests, so the flood path pays one branch.
             let aimed = if self.gap_on.is_empty() { 0 } else { self.gap_on.get(&g.symbol().id).copied().unwrap_or(0) };
             let emitted = g.emit(out, self.gap_pending + aimed, CLOCK);
+            if g.has_applied() {
+                for fault in g.take_applied() {
+                    self.shared.log(id, EventKind::FaultApplied { fault });
+                }
+            }
+            if !emitted.written {
+                // A dropped book delta: its sequence number is gone, the gap shows on the next.
+                continue;
+            }
             if emitted.sequenced {
-                let after_withheld = is_trade && g.take_withheld_gap();
+                let after_withheld = (is_trade || g.kind == DataType::Book) && g.take_withheld_gap();
                 if self.gap_pending + aimed > 0 || after_withheld {
                     self.shared.gaps_emitted.fetch_add(1, Ordering::Relaxed);
                 }
@@ -954,8 +1001,29 @@ impl Conn {
                     None => self.withhold.push((symbol, until)),
                 }
             }
-            // Routed to the accept loop by `FaultHub::inject`.
-            WsFault::RefuseUpgrade { .. } | WsFault::HangUpgrade => {}
+            WsFault::BookSnapshot { symbol_id } => self.book_fault(&symbol_id, |f| f.snapshot = true),
+            WsFault::BookDropDeltas { symbol_id, count } => {
+                self.book_fault(&symbol_id, |f| f.drop = f.drop.saturating_add(count))
+            }
+            WsFault::BookNegativeSize { symbol_id } => self.book_fault(&symbol_id, |f| f.negative = true),
+            WsFault::BookDeltasBeforeSnapshot { symbol_id, count } => {
+                self.book_fault(&symbol_id, |f| f.pre_snapshot = f.pre_snapshot.saturating_add(count))
+            }
+            // Routed to the accept loop by `FaultHub::inject`, and to the book models by
+            // `Sim::inject`.
+            WsFault::RefuseUpgrade { .. }
+            | WsFault::HangUpgrade
+            | WsFault::BookCross { .. }
+            | WsFault::BookSweep { .. }
+            | WsFault::BookLevelFlood { .. } => {}
+        }
+    }
+
+    /// Records a book fault for this connection's `book` stream of `symbol_id`.
+    fn book_fault(&mut self, symbol_id: &str, update: impl FnOnce(&mut ViewFaults)) {
+        match self.shared.symbol(symbol_id).map(|s| s.index) {
+            Some(symbol) => update(self.book_faults.entry(symbol).or_default()),
+            None => log::warn!("sim book fault ignored on connection {}: unknown symbol {symbol_id}", self.id),
         }
     }
 
