@@ -33,7 +33,7 @@ test)
     ;;
 bench)
     shift
-    cargo bench --locked --bench decode --bench e2e "$@"
+    cargo bench --locked --bench decode --bench book --bench e2e "$@"
     ;;
 soak)
     shift

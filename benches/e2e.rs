@@ -92,20 +92,22 @@ fn bare_read(ws_url: &str, n: u64) -> (f64, u64) {
     (started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0), bytes)
 }
 
-/// The pipeline at default settings into a discarded sink. Returns (seconds, stats snapshot).
-fn pipeline_read(sim: &SimProcess, n: u64) -> (f64, Snapshot) {
-    let args = RunArgs::try_parse_from([
+/// The pipeline at default settings (plus `extra`) into a discarded sink, subscribed to `types`.
+/// Returns (seconds, stats snapshot).
+fn pipeline_read(sim: &SimProcess, n: u64, types: &str, extra: &[&str]) -> (f64, Snapshot) {
+    let mut argv = vec![
         "coinfeed",
         "--symbols",
         SIM_DEFAULT_SYMBOLS,
         "--types",
-        "trade,quote",
+        types,
         "--health-interval",
         "0",
         "--log-level",
         "warn",
-    ])
-    .expect("arguments");
+    ];
+    argv.extend_from_slice(extra);
+    let args = RunArgs::try_parse_from(argv).expect("arguments");
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
     let mut config = Config::from_args(&args, Some("bench".into()), cores).expect("config");
     config.use_endpoints(&sim.ws_url, &sim.rest_url).expect("endpoints");
@@ -123,7 +125,7 @@ fn pipeline_read(sim: &SimProcess, n: u64) -> (f64, Snapshot) {
             if snap.received > 0 {
                 started.get_or_insert_with(Instant::now);
             }
-            if snap.written + snap.dropped + snap.malformed >= n || Instant::now() > deadline {
+            if done(&snap) >= n || Instant::now() > deadline {
                 break;
             }
             // Sampling the counters; the pipeline does not wait on this loop.
@@ -134,6 +136,11 @@ fn pipeline_read(sim: &SimProcess, n: u64) -> (f64, Snapshot) {
         run.join().expect("pipeline thread");
     });
     (elapsed, metrics.snapshot())
+}
+
+/// Messages the pipeline has finished with: written, or counted for a reason.
+fn done(s: &Snapshot) -> u64 {
+    s.written + s.dropped + s.malformed + s.book_folded + s.book_withheld
 }
 
 fn main() {
@@ -151,7 +158,7 @@ fn main() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let (secs, snap) = {
         let sim = SimProcess::start(n);
-        pipeline_read(&sim, n)
+        pipeline_read(&sim, n, "trade,quote", &[])
     };
     let peak_kib = proc::memory_kib().map(|(_, peak)| peak).unwrap_or(0);
     let floor_rate = n as f64 / floor.0.max(1e-9);
@@ -172,4 +179,26 @@ fn main() {
     );
     println!("  pipeline / floor: {:.0}%", 100.0 * rate / floor_rate.max(1e-9));
     assert_eq!(snap.written + snap.dropped, n, "every message accounted for");
+
+    // A `book` flood (20-level snapshots, then 1–3-level deltas): CoinAPI's raw messages against
+    // kept exact books writing `book_top` lines at depth 10, interleaved twice.
+    let n_book = n / 4;
+    println!("e2e: {n_book} book messages (5 symbols, 20-level snapshots and deltas), raw vs --book-output top");
+    for round in 1..=2 {
+        for mode in ["raw", "top"] {
+            let sim = SimProcess::start(n_book);
+            let (secs, snap) = pipeline_read(&sim, n_book, "book", &["--book-output", mode]);
+            println!(
+                "  round {round} {mode:>3}: {:>10.0} msg/s  written={} book_top_lines={} folded={} dropped={} rejected={}",
+                done(&snap) as f64 / secs.max(1e-9),
+                snap.written,
+                snap.book_top_lines,
+                snap.book_folded,
+                snap.dropped,
+                snap.book_rejected
+            );
+            assert_eq!(done(&snap), n_book, "every book message accounted for");
+            assert_eq!(snap.book_rejected, 0);
+        }
+    }
 }

@@ -195,6 +195,7 @@ fn run_threads<W: Write + Send>(
     };
     let failure: Failure = Mutex::new(None);
     let failure = &failure;
+    let books = config.pipeline.books;
     let resyncs = Resyncs::new(config.limits.symbols_total);
     let resyncs = &resyncs;
 
@@ -207,7 +208,10 @@ fn run_threads<W: Write + Send>(
             .map(|(id, rx)| {
                 let tx = writer_tx.clone();
                 spawn(s, format!("worker-{id}"), failure, shutdown, move || {
-                    Worker::new(id, limits, metrics).with_recovery(recovery_handle, resyncs).run(rx, tx, budget)
+                    Worker::new(id, limits, metrics)
+                        .with_recovery(recovery_handle, resyncs)
+                        .with_books(books)
+                        .run(rx, tx, budget)
                 })
             })
             .collect();

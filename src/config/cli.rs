@@ -6,6 +6,17 @@ use clap::Parser;
 
 use crate::config::limits::*;
 
+/// What `book` subscriptions write (`--book-output`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BookOutput {
+    /// CoinAPI's `book` messages as they come.
+    Raw,
+    /// `book_top` lines of the kept book only.
+    Top,
+    /// Both.
+    Both,
+}
+
 /// Raw arguments of the ingester, exactly as typed; `Config::from_args` checks them. The binary
 /// flattens these into its command line (beside the `sim` subcommand); tests and benches parse
 /// them directly with `RunArgs::try_parse_from`.
@@ -73,6 +84,30 @@ pub struct RunArgs {
     /// Most REST credits recovery may spend per rolling 24 hours [default: no cap].
     #[arg(long, value_name = "CREDITS")]
     pub recovery_budget: Option<u64>,
+
+    /// What `book` subscriptions write: `raw` CoinAPI's messages as they come (snapshot, then
+    /// deltas), `top` a `book_top` line of each symbol's exact book whenever its top
+    /// --book-depth levels change, or `both`.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = BookOutput::Raw)]
+    pub book_output: BookOutput,
+
+    /// Levels per side in each `book_top` line.
+    #[arg(long, value_name = "N", default_value_t = BOOK_DEPTH_DEFAULT)]
+    pub book_depth: u64,
+
+    /// Shortest time between two `book_top` lines of one symbol, in milliseconds; the newest
+    /// state is written when the interval ends (0 = a line for every change).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub book_interval_ms: u64,
+
+    /// Levels kept per side of each book; the worst beyond it are trimmed (and counted).
+    #[arg(long, value_name = "N", default_value_t = BOOK_MAX_LEVELS_DEFAULT)]
+    pub book_max_levels: u64,
+
+    /// Books kept at once by the whole process; a further `book` symbol gets a `book_refused`
+    /// line and its raw messages only.
+    #[arg(long, value_name = "N", default_value_t = BOOK_MAX_BOOKS_DEFAULT)]
+    pub book_max_books: u64,
 
     /// Seconds allowed for DNS, TCP, TLS and the WebSocket upgrade together.
     #[arg(long, value_name = "SECS", default_value_t = CONNECT_TIMEOUT_S_DEFAULT)]

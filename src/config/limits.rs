@@ -40,6 +40,16 @@ pub const STALE_TIMEOUT_S_DEFAULT: f64 = 5.0;
 pub const BACKOFF_MAX_S_DEFAULT: f64 = 30.0;
 pub const HEALTH_INTERVAL_S_DEFAULT: f64 = 10.0;
 pub const SHUTDOWN_TIMEOUT_S_DEFAULT: f64 = 5.0;
+/// Levels per side of each `book_top` line.
+pub const BOOK_DEPTH_DEFAULT: u64 = 10;
+/// Levels kept per side of each book; the worst beyond it are trimmed (and counted).
+pub const BOOK_MAX_LEVELS_DEFAULT: u64 = 1_000;
+/// Books kept by the whole process; a `book` symbol beyond it is refused (a control line, counted).
+pub const BOOK_MAX_BOOKS_DEFAULT: u64 = 1_000;
+/// Worst-case memory of one kept level: its 24-byte key and 24-byte value in the B-tree (with
+/// the nodes' slack) plus the one allocation holding its two number texts. Measured by
+/// `cargo bench --bench book` (bytes per level), stated here for the limits table.
+pub const BOOK_LEVEL_BYTES: u64 = 128;
 
 /// An integer command-line limit: its flag, inclusive range and default (`None`: computed, e.g.
 /// one worker per core), with what the limit is for.
@@ -96,6 +106,34 @@ pub const RANGES: &[Range] = &[
         max: 100_000,
         default: Some(RECOVERY_TRADES_LIMIT_DEFAULT as u64),
         why: "100 trades cost one credit",
+    },
+    Range {
+        flag: "--book-depth",
+        min: 1,
+        max: 1_000,
+        default: Some(BOOK_DEPTH_DEFAULT),
+        why: "it is the levels per side of each book_top line",
+    },
+    Range {
+        flag: "--book-interval-ms",
+        min: 0,
+        max: 60_000,
+        default: Some(0),
+        why: "it is the shortest time between two book_top lines of one symbol (0: every change)",
+    },
+    Range {
+        flag: "--book-max-levels",
+        min: 1,
+        max: 100_000,
+        default: Some(BOOK_MAX_LEVELS_DEFAULT),
+        why: "it is the levels kept per side of each book (about 128 bytes each)",
+    },
+    Range {
+        flag: "--book-max-books",
+        min: 1,
+        max: MAX_SYMBOLS as u64,
+        default: Some(BOOK_MAX_BOOKS_DEFAULT),
+        why: "it is the books the process keeps at once",
     },
 ];
 

@@ -19,7 +19,7 @@ use crate::wire::DataType;
 pub mod cli;
 pub mod limits;
 
-pub use cli::RunArgs;
+pub use cli::{BookOutput, RunArgs};
 use limits::{Limits, MAX_MESSAGE_BYTES, MAX_SYMBOLS, RECOVERY_RPS_MAX};
 
 /// Default symbols when `--sim` is given without `--symbols`: the simulator serves these.
@@ -98,6 +98,42 @@ pub struct PipelineConfig {
     /// `None` turns the periodic health line off.
     pub health_interval: Option<Duration>,
     pub shutdown_timeout: Duration,
+    pub books: BookConfig,
+}
+
+/// Order books kept from `book` subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BookConfig {
+    pub output: BookOutput,
+    pub depth: usize,
+    /// Shortest time between two `book_top` lines of one symbol, ns (0: every change).
+    pub interval_ns: i128,
+    pub max_levels: usize,
+    pub max_books: usize,
+}
+
+impl BookConfig {
+    /// Whether books are kept at all (`raw` keeps none: its output is CoinAPI's messages).
+    pub fn kept(&self) -> bool {
+        self.output != BookOutput::Raw
+    }
+
+    /// Whether `book` messages are written as they came.
+    pub fn raw(&self) -> bool {
+        self.output != BookOutput::Top
+    }
+}
+
+impl Default for BookConfig {
+    fn default() -> BookConfig {
+        BookConfig {
+            output: BookOutput::Raw,
+            depth: limits::BOOK_DEPTH_DEFAULT as usize,
+            interval_ns: 0,
+            max_levels: limits::BOOK_MAX_LEVELS_DEFAULT as usize,
+            max_books: limits::BOOK_MAX_BOOKS_DEFAULT as usize,
+        }
+    }
 }
 
 /// REST gap recovery.
@@ -203,6 +239,30 @@ impl Config {
                 "omit it for no cap; to turn recovery off use a tiny budget such as 1",
             ));
         }
+        let books = BookConfig {
+            output: args.book_output,
+            depth: limits::check("--book-depth", args.book_depth)? as usize,
+            interval_ns: i128::from(limits::check("--book-interval-ms", args.book_interval_ms)?) * 1_000_000,
+            max_levels: limits::check("--book-max-levels", args.book_max_levels)? as usize,
+            max_books: limits::check("--book-max-books", args.book_max_books)? as usize,
+        };
+        if books.depth > books.max_levels {
+            return Err(err(
+                "--book-depth",
+                format!(
+                    "{} levels per line is more than the {} kept per side (--book-max-levels)",
+                    books.depth, books.max_levels
+                ),
+                "lower --book-depth or raise --book-max-levels",
+            ));
+        }
+        if books.kept() && !data_types.contains(&DataType::Book) {
+            return Err(err(
+                "--book-output",
+                "books are kept from the `book` data type only, and --types does not include it",
+                "add book to --types (book5/20/50 are whole snapshots already), or drop --book-output",
+            ));
+        }
         let exact = symbols.iter().all(|s| matches!(s, SymbolFilter::Exact(_))).then_some(symbols.len());
         let limits = Limits::derive(exact, n_workers, trades_limit)?;
         let recovery_timeout = limits::seconds("--recovery-timeout", args.recovery_timeout)?;
@@ -241,6 +301,7 @@ impl Config {
                 queue_wait,
                 health_interval,
                 shutdown_timeout,
+                books,
             },
             recovery: RecoveryConfig {
                 rest_url,

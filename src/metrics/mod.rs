@@ -5,9 +5,11 @@
 //! Values are relaxed atomics written on the hot path and read only for reports. The accounting
 //! identity the tests check: every data frame the reader received is either dropped by the reader
 //! (full buffer), or decoded by a worker into exactly one of written, malformed, unknown type,
-//! duplicate trade or withheld book delta: `received = dropped + written + malformed +
-//! unknown_type + duplicate_trades + book_withheld` once drained. `written`, `recovered_written` and `control_lines` come from the batches'
-//! own line counts, added by the writer once the bytes are out.
+//! duplicate trade, withheld book delta or folded book message: `received = dropped + written +
+//! malformed + unknown_type + duplicate_trades + book_withheld + book_folded` once drained
+//! (`book_folded` counts the `book` messages `--book-output top` keeps in books instead of
+//! writing them). `written`, `recovered_written`, `book_top_lines` and `control_lines` come from
+//! the batches' own line counts, added by the writer once the bytes are out.
 //!
 //! Per-worker queue depth is a gauge per worker, set by the reader after each hand-off and by the
 //! worker when it goes idle: nothing holds a clone of a worker's channel to read it.
@@ -90,6 +92,14 @@ impl Value {
     }
     pub fn max(&self, v: u64) {
         self.0.fetch_max(v, Ordering::Relaxed);
+    }
+    /// Adds one unless the value is `limit` already; whether it did (a gauge used as a bound
+    /// shared by threads).
+    pub fn take_one(&self, limit: u64) -> bool {
+        self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| (v < limit).then_some(v + 1)).is_ok()
+    }
+    pub fn sub(&self, n: u64) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
     }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -231,6 +241,24 @@ registry! {
     book_resyncs: Counter, Both;
     /// Book deltas not written because their stream waited for the snapshot of its resubscription.
     book_withheld: Counter, Both;
+    /// Order books kept now (whole, or waiting for a snapshot), all workers together.
+    books_live: Gauge, Both;
+    /// `book_top` lines written to stdout.
+    book_top_lines: Counter, Both;
+    /// `book` messages folded into kept books and not written raw (--book-output top): applied, refused or before a snapshot.
+    book_folded: Counter, Both;
+    /// Book messages refused whole (a negative size, a snapshot level with size <= 0, a number that is not one or not exactly representable); each resyncs its book.
+    book_rejected: Counter, Both;
+    /// Book deltas that came before their stream's first snapshot: discarded.
+    book_before_snapshot: Counter, Summary;
+    /// Book messages after which the book was crossed or locked (best bid >= best ask).
+    book_crossed: Counter, Both;
+    /// Milliseconds books spent crossed or locked, summed over books.
+    book_crossed_ms: Counter, Both;
+    /// Worst levels trimmed to keep a side within --book-max-levels.
+    book_levels_trimmed: Counter, Summary;
+    /// `book` symbols refused a book because --book-max-books were kept already.
+    books_refused: Counter, Both;
     /// The last X-RateLimit-Remaining CoinAPI sent.
     rate_limit_remaining: OptionalSignedGauge, Both;
     /// The last X-RateLimit-Request-Cost CoinAPI sent.

@@ -173,6 +173,8 @@ pub struct LineCounts {
     /// Market-data records recovered over REST.
     pub rest: u64,
     pub control: u64,
+    /// `book_top` lines of kept books.
+    pub book_top: u64,
 }
 
 /// Whole NDJSON lines, and how many of each kind they are.
@@ -197,6 +199,12 @@ impl Batch {
     pub fn push_rest(&mut self, record: &[u8], data_type: DataType, symbol_id: &str, recv_time: &str) {
         append_rest_line(&mut self.bytes, record, data_type, symbol_id, recv_time);
         self.lines.rest += 1;
+    }
+
+    /// A `book_top` line: `levels` is the `"bids":[…],"asks":[…]` segment the book rendered.
+    pub fn push_book_top(&mut self, top: &BookTop<'_>, recv_time: &str) {
+        top.append_to(&mut self.bytes, recv_time);
+        self.lines.book_top += 1;
     }
 
     /// A control line stamped with `time` (a formatted CoinAPI timestamp).
@@ -226,6 +234,77 @@ impl Batch {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.lines = LineCounts::default();
+    }
+}
+
+/// Why a book is resynced (`reason` of a `book_resync` line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncReason {
+    /// A sequence gap in the book stream: deltas were lost.
+    Gap,
+    /// A message was refused (see `Rejection`).
+    Rejected,
+    /// Crossed or locked for longer than `CROSS_RESYNC_NS`.
+    Crossed,
+    /// Trimmed to its level bound, then fewer levels than the output depth were left.
+    Trimmed,
+    /// The resubscription's snapshot did not come in time: asked again.
+    NoSnapshot,
+    /// The connection ended: the new one's subscription brings a fresh snapshot.
+    Reconnect,
+}
+
+impl ResyncReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResyncReason::Gap => "gap",
+            ResyncReason::Rejected => "rejected",
+            ResyncReason::Crossed => "crossed",
+            ResyncReason::Trimmed => "trimmed",
+            ResyncReason::NoSnapshot => "no_snapshot",
+            ResyncReason::Reconnect => "reconnect",
+        }
+    }
+}
+
+/// One `book_top` line: a kept book's top levels after the message that produced them.
+#[derive(Debug, Clone, Copy)]
+pub struct BookTop<'a> {
+    pub symbol_id: &'a str,
+    pub depth: usize,
+    /// `"bids":[{"price":…,"size":…},…],"asks":[…]`, numbers as CoinAPI wrote them.
+    pub levels: &'a [u8],
+    pub sequence: u64,
+    /// Raw JSON texts of the message's times (`"…Z"` with quotes), `null` when absent.
+    pub time_exchange: &'a str,
+    pub time_coinapi: &'a str,
+    pub crossed: bool,
+}
+
+impl BookTop<'_> {
+    pub fn append_to(&self, out: &mut Vec<u8>, recv_time: &str) {
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"type\":\"book_top\",\"symbol_id\":");
+        push_json_string(out, self.symbol_id);
+        out.extend_from_slice(b",\"depth\":");
+        out.extend_from_slice(num.format(self.depth).as_bytes());
+        out.push(b',');
+        out.extend_from_slice(self.levels);
+        out.extend_from_slice(b",\"sequence\":");
+        out.extend_from_slice(num.format(self.sequence).as_bytes());
+        for (key, text) in
+            [(&b",\"time_exchange\":"[..], self.time_exchange), (b",\"time_coinapi\":", self.time_coinapi)]
+        {
+            out.extend_from_slice(key);
+            out.extend_from_slice(if text.is_empty() { b"null" } else { text.as_bytes() });
+        }
+        out.extend_from_slice(b",\"recv_time\":\"");
+        out.extend_from_slice(recv_time.as_bytes());
+        out.extend_from_slice(if self.crossed {
+            b"\",\"crossed\":true,\"source\":\"book\"}\n"
+        } else {
+            b"\",\"crossed\":false,\"source\":\"book\"}\n"
+        });
     }
 }
 
@@ -297,9 +376,49 @@ impl RecoveryReport<'_> {
 /// wants market data filters on `type`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlLine<'a> {
-    Connection { event: ConnectionEvent, generation: u64, url: &'a str, reason: Option<&'a str> },
-    Gap { data_type: DataType, symbol_id: &'a str, cause: GapCause, generation: u64 },
-    Recovery { symbol_id: &'a str, data_type: DataType, report: RecoveryReport<'a> },
+    Connection {
+        event: ConnectionEvent,
+        generation: u64,
+        url: &'a str,
+        reason: Option<&'a str>,
+    },
+    Gap {
+        data_type: DataType,
+        symbol_id: &'a str,
+        cause: GapCause,
+        generation: u64,
+    },
+    Recovery {
+        symbol_id: &'a str,
+        data_type: DataType,
+        report: RecoveryReport<'a>,
+    },
+    /// A kept book is no longer whole and waits for a fresh snapshot (`attempt`: the
+    /// resubscriptions asked for so far; 0 when none is needed, as after a reconnect).
+    BookResync {
+        symbol_id: &'a str,
+        reason: ResyncReason,
+        attempt: u32,
+        detail: Option<&'a str>,
+    },
+    /// A resync gave up resubscribing; a snapshot CoinAPI sends by itself still heals the book.
+    BookResyncGivenUp {
+        symbol_id: &'a str,
+        attempts: u32,
+    },
+    /// A book is whole again: the snapshot that ended its resync.
+    BookSynced {
+        symbol_id: &'a str,
+        sequence: u64,
+        bids: usize,
+        asks: usize,
+        waited_ms: u64,
+    },
+    /// A `book` symbol beyond `--book-max-books`: no book, its raw messages only.
+    BookRefused {
+        symbol_id: &'a str,
+        limit: usize,
+    },
 }
 
 impl ControlLine<'_> {
@@ -381,6 +500,43 @@ impl ControlLine<'_> {
                     out.extend_from_slice(b",\"error\":");
                     push_json_string(out, f.error);
                 }
+                push_time(out, time);
+            }
+            ControlLine::BookResync { symbol_id, reason, attempt, detail } => {
+                out.extend_from_slice(b"{\"type\":\"book_resync\",\"symbol_id\":");
+                push_json_string(out, symbol_id);
+                out.extend_from_slice(b",\"data_type\":\"book\",\"reason\":\"");
+                out.extend_from_slice(reason.as_str().as_bytes());
+                out.push(b'"');
+                if let Some(detail) = detail {
+                    out.extend_from_slice(b",\"detail\":");
+                    push_json_string(out, detail);
+                }
+                uint(out, ",\"attempt\":", u64::from(*attempt));
+                push_time(out, time);
+            }
+            ControlLine::BookResyncGivenUp { symbol_id, attempts } => {
+                out.extend_from_slice(b"{\"type\":\"book_resync\",\"symbol_id\":");
+                push_json_string(out, symbol_id);
+                out.extend_from_slice(b",\"data_type\":\"book\",\"reason\":\"given_up\"");
+                uint(out, ",\"attempt\":", u64::from(*attempts));
+                push_time(out, time);
+            }
+            ControlLine::BookSynced { symbol_id, sequence, bids, asks, waited_ms } => {
+                out.extend_from_slice(b"{\"type\":\"book_synced\",\"symbol_id\":");
+                push_json_string(out, symbol_id);
+                out.extend_from_slice(b",\"data_type\":\"book\"");
+                uint(out, ",\"sequence\":", *sequence);
+                uint(out, ",\"bids\":", *bids as u64);
+                uint(out, ",\"asks\":", *asks as u64);
+                uint(out, ",\"waited_ms\":", *waited_ms);
+                push_time(out, time);
+            }
+            ControlLine::BookRefused { symbol_id, limit } => {
+                out.extend_from_slice(b"{\"type\":\"book_refused\",\"symbol_id\":");
+                push_json_string(out, symbol_id);
+                out.extend_from_slice(b",\"data_type\":\"book\",\"reason\":\"books_max\"");
+                uint(out, ",\"limit\":", *limit as u64);
                 push_time(out, time);
             }
         }
@@ -519,6 +675,26 @@ mod tests {
             "trade rest",
             r#"{"type":"trade","symbol_id":"BITSTAMP_SPOT_BTC_USD","time_exchange":"2026-11-28T07:27:30.8173398Z","time_coinapi":"2026-11-28T07:27:30.8385508Z","uuid":"3aa3de71-0be0-4fbe-847c-f9da45bb7bb4","price":64000.01,"size":0.0140135,"taker_side":"SELL","recv_time":"2026-11-28T07:27:30.8393434Z","source":"rest"}"#,
         ),
+        (
+            "book_top",
+            r#"{"type":"book_top","symbol_id":"BITSTAMP_SPOT_BTC_USD","depth":2,"bids":[{"price":63996.80,"size":0.033505},{"price":63993.59015722783950221424016,"size":0.037413}],"asks":[{"price":64003.22,"size":0.021559},{"price":64006.4300000000,"size":34137e-6}],"sequence":1,"time_exchange":"2026-12-01T14:13:11.6107236Z","time_coinapi":"2026-12-01T14:13:11.6535036Z","recv_time":"2026-12-01T14:13:11.6539956Z","crossed":false,"source":"book"}"#,
+        ),
+        (
+            "book_resync",
+            r#"{"type":"book_resync","symbol_id":"BITSTAMP_SPOT_BTC_USD","data_type":"book","reason":"rejected","detail":"a negative size","attempt":1,"time":"2026-12-01T14:13:12.0000000Z"}"#,
+        ),
+        (
+            "book_resync given up",
+            r#"{"type":"book_resync","symbol_id":"BITSTAMP_SPOT_BTC_USD","data_type":"book","reason":"given_up","attempt":4,"time":"2026-12-01T14:15:42.0000000Z"}"#,
+        ),
+        (
+            "book_synced",
+            r#"{"type":"book_synced","symbol_id":"BITSTAMP_SPOT_BTC_USD","data_type":"book","sequence":1,"bids":20,"asks":20,"waited_ms":2113,"time":"2026-12-01T14:13:14.1130000Z"}"#,
+        ),
+        (
+            "book_refused",
+            r#"{"type":"book_refused","symbol_id":"BITSTAMP_SPOT_BTC_USD","data_type":"book","reason":"books_max","limit":1000,"time":"2026-12-01T14:13:11.6539956Z"}"#,
+        ),
     ];
 
     /// Proves each shape is produced exactly, byte for byte, from its parts.
@@ -643,6 +819,40 @@ mod tests {
         );
         assert_eq!(rest.lines(), LineCounts { rest: 1, ..LineCounts::default() });
         produced.push(rest);
+        let mut top = Batch::default();
+        top.push_book_top(
+            &BookTop {
+                symbol_id: sym,
+                depth: 2,
+                levels: br#""bids":[{"price":63996.80,"size":0.033505},{"price":63993.59015722783950221424016,"size":0.037413}],"asks":[{"price":64003.22,"size":0.021559},{"price":64006.4300000000,"size":34137e-6}]"#,
+                sequence: 1,
+                time_exchange: "\"2026-12-01T14:13:11.6107236Z\"",
+                time_coinapi: "\"2026-12-01T14:13:11.6535036Z\"",
+                crossed: false,
+            },
+            "2026-12-01T14:13:11.6539956Z",
+        );
+        assert_eq!(top.lines(), LineCounts { book_top: 1, ..LineCounts::default() });
+        produced.push(top);
+        produced.push(control(
+            ControlLine::BookResync {
+                symbol_id: sym,
+                reason: ResyncReason::Rejected,
+                attempt: 1,
+                detail: Some("a negative size"),
+            },
+            "2026-12-01T14:13:12.0000000Z",
+        ));
+        produced.push(control(
+            ControlLine::BookResyncGivenUp { symbol_id: sym, attempts: 4 },
+            "2026-12-01T14:15:42.0000000Z",
+        ));
+        produced.push(control(
+            ControlLine::BookSynced { symbol_id: sym, sequence: 1, bids: 20, asks: 20, waited_ms: 2113 },
+            "2026-12-01T14:13:14.1130000Z",
+        ));
+        produced
+            .push(control(ControlLine::BookRefused { symbol_id: sym, limit: 1000 }, "2026-12-01T14:13:11.6539956Z"));
         assert_eq!(produced.len(), SHAPES.len());
         for (batch, (name, want)) in produced.iter().zip(SHAPES) {
             let got = std::str::from_utf8(batch.as_bytes()).expect("utf8");

@@ -54,6 +54,7 @@ pub fn run<W: Write>(rx: Receiver<Batch>, mut out: W, metrics: &Metrics, shutdow
         metrics.written.add(lines.market);
         metrics.recovered_written.add(lines.rest);
         metrics.control_lines.add(lines.control);
+        metrics.book_top_lines.add(lines.book_top);
         metrics.bytes_written.add(batch.len() as u64);
     }
     match out.flush() {

@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 
+pub mod book;
 pub mod json_scan;
 
 /// The data types a user may subscribe to.

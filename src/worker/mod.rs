@@ -19,13 +19,19 @@
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
 use crate::config::limits::BATCH_BYTES;
+use crate::config::BookConfig;
 use crate::lanes::{Budget, Frame, RecoveryKey, RecoveryResult, Resyncs, TradeWindow, Unrecovered, WorkerInput};
 use crate::metrics::Metrics;
 use crate::output::ndjson::{Batch, ControlLine, GapCause, RecoveryFailure, RecoveryReport, TimestampFormatter};
 use crate::recovery::handle::RecoveryHandle;
 use crate::wire::{self, DataType, Reject};
 
+pub mod book;
+mod books;
 pub mod dedup;
 pub mod sequence;
 pub mod symbols;
@@ -80,6 +86,11 @@ pub struct Worker<'a> {
     last_silence_check_ns: i128,
     /// Inputs handled, for the test fault hook.
     handled: u64,
+    books: BookConfig,
+    /// Kept books whose changed top waits for the end of its `--book-interval-ms`, soonest
+    /// first; a symbol is in it at most once (while its `pending` is set), so it holds at most
+    /// one entry per book.
+    tops_due: BinaryHeap<Reverse<(i128, Box<str>)>>,
 }
 
 impl<'a> Worker<'a> {
@@ -99,7 +110,15 @@ impl<'a> Worker<'a> {
             silent: 0,
             last_silence_check_ns: 0,
             handled: 0,
+            books: BookConfig::default(),
+            tops_due: BinaryHeap::new(),
         }
+    }
+
+    /// Keeps exact books of `book` streams as `books` says (the default, `raw`, keeps none).
+    pub fn with_books(mut self, books: BookConfig) -> Worker<'a> {
+        self.books = books;
+        self
     }
 
     pub fn with_recovery(mut self, recovery: &'a RecoveryHandle, resyncs: &'a Resyncs) -> Worker<'a> {
@@ -121,7 +140,15 @@ impl<'a> Worker<'a> {
                     if !self.flush(&out) {
                         return;
                     }
-                    match rx.recv_timeout(SILENCE_CHECK) {
+                    let wait = match self.next_top_due() {
+                        Some(at) => {
+                            let left = at - crate::clock::unix_now_ns();
+                            SILENCE_CHECK
+                                .min(std::time::Duration::from_nanos(left.clamp(0, i128::from(u64::MAX)) as u64))
+                        }
+                        None => SILENCE_CHECK,
+                    };
+                    match rx.recv_timeout(wait) {
                         Ok(input) => input,
                         Err(RecvTimeoutError::Timeout) => {
                             WorkerInput::Tick { now_unix_ns: crate::clock::unix_now_ns() }
@@ -163,7 +190,10 @@ impl<'a> Worker<'a> {
             WorkerInput::Frame(frame) => self.handle_frame(&frame),
             WorkerInput::Connected { generation, at_unix_ns } => self.start_generation(generation, at_unix_ns),
             WorkerInput::Recovery(result) => self.handle_recovery(result),
-            WorkerInput::Tick { now_unix_ns } => self.count_silent(now_unix_ns),
+            WorkerInput::Tick { now_unix_ns } => {
+                self.count_silent(now_unix_ns);
+                self.write_due_tops(now_unix_ns);
+            }
         }
     }
 
@@ -261,6 +291,13 @@ impl<'a> Worker<'a> {
             SeqOutcome::Regression { .. } => self.metrics.sequence_regressions.add(1),
             SeqOutcome::First | SeqOutcome::InOrder | SeqOutcome::Stale | SeqOutcome::Untracked => {}
         }
+        if data_type == DataType::Book && self.books.kept() {
+            self.keep_book(frame, symbol, sequence, is_snapshot, outcome, book);
+            if self.next_top_due().is_some_and(|at| at <= now) {
+                self.write_due_tops(now);
+            }
+            return;
+        }
         if book != BookStep::Write {
             if book == BookStep::WithholdAndResync {
                 log::info!(
@@ -295,6 +332,9 @@ impl<'a> Worker<'a> {
     /// trade windows now due (of symbols that trade no more, or slowly).
     fn count_silent(&mut self, now_ns: i128) {
         self.last_silence_check_ns = now_ns;
+        if self.books.kept() {
+            self.retry_resyncs(now_ns);
+        }
         let silent = self.symbols.count_silent(now_ns, SILENCE_NS);
         if silent != self.silent {
             self.metrics.silent_symbols.add(silent.wrapping_sub(self.silent));
@@ -309,6 +349,9 @@ impl<'a> Worker<'a> {
     /// trade stream's window opens at its last trade and closes at its first one on the new
     /// connection; the other streams are recovered (or resynced) as their type allows.
     fn start_generation(&mut self, generation: u64, at_unix_ns: i128) {
+        if generation > self.symbols.generation() && self.books.kept() {
+            self.books_reconnected(at_unix_ns);
+        }
         for (data_type, symbol) in self.symbols.start_generation(generation) {
             self.metrics.reconnect_gaps.add(1);
             self.gap_line(data_type, &symbol, GapCause::Reconnect, generation, at_unix_ns);

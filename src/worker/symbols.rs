@@ -1,7 +1,7 @@
 //! One worker's per-symbol state, in one table: one lookup per message, one bound, one counted
 //! overflow. A symbol's entry holds the last sequence of each of its streams in the current
-//! connection generation, its recent trade ids, and when it last sent data; the order book of the
-//! next stage joins it here.
+//! connection generation, its recent trade ids, and when it last sent data; and the exact
+//! order book of a `book` stream when books are kept.
 //!
 //! CoinAPI numbers messages per (type, symbol_id) and only for the lifetime of one connection, so
 //! sequence state is per generation: a new connection starts every stream afresh (no false gap at
@@ -21,6 +21,7 @@ use std::collections::HashSet;
 use rustc_hash::FxHashMap;
 
 use crate::wire::DataType;
+use crate::worker::book::BookState;
 use crate::worker::dedup::{self, RecentIds, TradeId};
 use crate::worker::sequence::{self, slot, SeqOutcome, N_TYPES};
 use crate::worker::windows::{Closed, TooManyGaps, TradeGaps, MARGIN_NS};
@@ -50,6 +51,10 @@ pub struct SymbolState {
     /// Book streams (by `slot`) resubscribed after a gap, whose deltas are withheld until their
     /// new snapshot arrives.
     resyncing: u16,
+    /// The exact book of a `book` stream, when books are kept (`--book-output top|both`).
+    pub book: Option<Box<BookState>>,
+    /// The book was refused (`--book-max-books` reached): said once.
+    pub book_refused: bool,
 }
 
 /// What one stream trade did to its symbol's state.
@@ -279,10 +284,17 @@ impl SymbolTable {
             last_trade_ns: None,
             trade_gaps: TradeGaps::default(),
             resyncing: 0,
+            book: None,
+            book_refused: false,
         };
         let result = f(&mut state);
         self.symbols.insert(Box::from(symbol_id), state);
         Some(result)
+    }
+
+    /// Every kept book, by symbol.
+    pub fn books_mut(&mut self) -> impl Iterator<Item = (&str, &mut BookState)> {
+        self.symbols.iter_mut().filter_map(|(symbol, state)| Some((&**symbol, state.book.as_deref_mut()?)))
     }
 
     /// The current connection generation.

@@ -296,14 +296,14 @@ pub fn control_lines(lines: &[String], kind: &str) -> Vec<serde_json::Value> {
 /// Checks the summary's accounting identity: every message read was written, dropped or
 /// skipped for a counted reason.
 pub fn assert_accounting_closes(kv: &[(String, String)]) {
-    let sum = ["written", "dropped", "malformed", "unknown_type", "duplicate_trades", "book_withheld"]
+    let sum = ["written", "dropped", "malformed", "unknown_type", "duplicate_trades", "book_withheld", "book_folded"]
         .iter()
         .map(|k| field(kv, k))
         .sum::<u64>();
     assert_eq!(
         field(kv, "received"),
         sum,
-        "received != written + dropped + malformed + unknown_type + duplicate_trades + book_withheld: {kv:?}"
+        "received != written + dropped + malformed + unknown_type + duplicate_trades + book_withheld + book_folded: {kv:?}"
     );
 }
 

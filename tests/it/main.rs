@@ -2,6 +2,7 @@
 //! with OS-chosen ports. Every wait has a deadline; no test depends on a fixed sleep.
 
 mod backpressure;
+mod books;
 mod cli;
 mod delivery;
 mod failures;

@@ -196,7 +196,12 @@ fn threads_are_spawned_only_in_app() {
 const PURE: &[&str] = &[
     "wire/mod.rs",
     "wire/json_scan.rs",
+    "wire/book.rs",
     "worker/symbols.rs",
+    "worker/windows.rs",
+    "worker/book/mod.rs",
+    "worker/book/decimal.rs",
+    "worker/books.rs",
     "worker/sequence.rs",
     "worker/dedup.rs",
     "recovery/queue.rs",
