@@ -223,6 +223,92 @@ mod tests {
         }
     }
 
+    /// A slow exact reference: the value as (negative, integer digits, fraction digits) with no
+    /// leading or trailing zeros, compared digit by digit.
+    fn reference(text: &str) -> (bool, String, String) {
+        let (neg, t) = text.strip_prefix('-').map_or((false, text), |t| (true, t));
+        let (mantissa, exp) = match t.find(['e', 'E']) {
+            Some(i) => (&t[..i], t[i + 1..].parse::<i64>().expect("exponent")),
+            None => (t, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let mut digits: String = format!("{int}{frac}");
+        let mut point = int.len() as i64 + exp;
+        while point < 0 {
+            digits.insert(0, '0');
+            point += 1;
+        }
+        while (digits.len() as i64) < point {
+            digits.push('0');
+        }
+        let (i, f) = digits.split_at(point as usize);
+        let (i, f) = (i.trim_start_matches('0').to_string(), f.trim_end_matches('0').to_string());
+        let zero = i.is_empty() && f.is_empty();
+        (neg && !zero, i, f)
+    }
+
+    fn reference_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+        let (na, ia, fa) = reference(a);
+        let (nb, ib, fb) = reference(b);
+        let magnitude = ia.len().cmp(&ib.len()).then_with(|| ia.cmp(&ib)).then_with(|| fa.cmp(&fb));
+        match (na, nb) {
+            (false, false) => magnitude,
+            (true, true) => magnitude.reverse(),
+            (false, true) => std::cmp::Ordering::Greater,
+            (true, false) => std::cmp::Ordering::Less,
+        }
+    }
+
+    /// A random JSON number of up to 38 significant digits, spelled any way JSON allows.
+    fn random_number(rng: &mut fastrand::Rng) -> String {
+        let digits: String = (0..rng.usize(1..=20)).map(|_| char::from(b'0' + rng.u8(0..10))).collect();
+        let int = digits.trim_start_matches('0');
+        let int = if int.is_empty() { "0" } else { int };
+        let frac: String = (0..rng.usize(0..=18)).map(|_| char::from(b'0' + rng.u8(0..10))).collect();
+        let mut s = String::new();
+        if rng.u8(0..4) == 0 {
+            s.push('-');
+        }
+        s.push_str(int);
+        if !frac.is_empty() {
+            s.push('.');
+            s.push_str(&frac);
+            s.extend(std::iter::repeat_n('0', rng.usize(0..4)));
+        }
+        if rng.u8(0..5) == 0 {
+            s.push_str(["e", "E", "e+", "e-"][rng.usize(0..4)]);
+            s.push_str(&rng.u8(0..30).to_string());
+        }
+        s
+    }
+
+    /// Proves the key orders and equates numbers exactly as their values do, against a slow
+    /// digit-string reference, over 50,000 random pairs and their respellings.
+    #[test]
+    fn keys_agree_with_an_exact_reference() {
+        let mut rng = fastrand::Rng::with_seed(10);
+        for _ in 0..50_000 {
+            let (a, b) = (random_number(&mut rng), random_number(&mut rng));
+            let (ka, kb) = (p(&a), p(&b));
+            assert_eq!(ka.cmp(&kb), reference_cmp(&a, &b), "{a} vs {b}");
+            // The same value respelled: trailing zeros, and shifted into an exponent.
+            let respelled = if a.contains(['e', 'E']) {
+                a.clone()
+            } else if a.contains('.') {
+                format!("{a}000")
+            } else {
+                format!("{a}.0")
+            };
+            assert_eq!(p(&respelled), ka, "{a} = {respelled}");
+            if !a.contains(['e', 'E']) {
+                let (int, frac) = a.split_once('.').unwrap_or((&a, ""));
+                let (neg, int) = int.strip_prefix('-').map_or(("", int), |i| ("-", i));
+                let shifted = format!("{neg}0.{int}{frac}e{}", int.len());
+                assert_eq!(p(&shifted), ka, "{a} = {shifted}");
+            }
+        }
+    }
+
     #[test]
     fn signs() {
         assert_eq!(sign("0.000"), Ok(Sign::Zero));

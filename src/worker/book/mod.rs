@@ -185,30 +185,37 @@ impl L2Book {
         let mut parsed_asks = Vec::with_capacity(asks.len());
         parse_entries(bids, snapshot, &mut parsed_bids)?;
         parse_entries(asks, snapshot, &mut parsed_asks)?;
-        let mut touched_top = false;
         if snapshot {
+            // Trimmed while it is built (a snapshot only adds), so a huge one never holds more
+            // than the bound.
             let mut fresh = L2Book::default();
-            for (side, parsed) in [(&mut fresh.bids, parsed_bids), (&mut fresh.asks, parsed_asks)] {
+            let mut trimmed = 0;
+            for (side, parsed, is_bids) in [(&mut fresh.bids, parsed_bids, true), (&mut fresh.asks, parsed_asks, false)]
+            {
                 for (price, _, e) in parsed {
                     side.levels.insert(price, Level::new(e.price, e.size));
+                    trimmed += side.trim(max_levels, is_bids);
                 }
             }
+            fresh.trimmed = trimmed > 0;
             *self = fresh;
-            touched_top = true;
-        } else {
-            for (side, parsed, is_bids) in [(&mut self.bids, parsed_bids, true), (&mut self.asks, parsed_asks, false)] {
-                if !touched_top && !parsed.is_empty() {
-                    touched_top = match side.nth_best(depth, is_bids) {
-                        None => true,
-                        Some(nth) => parsed.iter().any(|(p, _, _)| if is_bids { *p >= nth } else { *p <= nth }),
-                    };
-                }
-                for (price, sign, e) in parsed {
-                    if sign == Sign::Zero {
-                        side.levels.remove(&price);
-                    } else {
-                        side.levels.insert(price, Level::new(e.price, e.size));
-                    }
+            return Ok(Applied { trimmed, touched_top: true });
+        }
+        // A delta is trimmed once it is whole: a level it adds may be kept by a removal later in
+        // the same message.
+        let mut touched_top = false;
+        for (side, parsed, is_bids) in [(&mut self.bids, parsed_bids, true), (&mut self.asks, parsed_asks, false)] {
+            if !touched_top && !parsed.is_empty() {
+                touched_top = match side.nth_best(depth, is_bids) {
+                    None => true,
+                    Some(nth) => parsed.iter().any(|(p, _, _)| if is_bids { *p >= nth } else { *p <= nth }),
+                };
+            }
+            for (price, sign, e) in parsed {
+                if sign == Sign::Zero {
+                    side.levels.remove(&price);
+                } else {
+                    side.levels.insert(price, Level::new(e.price, e.size));
                 }
             }
         }
