@@ -248,7 +248,8 @@ pub enum ResyncReason {
     Crossed,
     /// Trimmed to its level bound, then fewer levels than the output depth were left.
     Trimmed,
-    /// The resubscription's snapshot did not come in time: asked again.
+    /// The snapshot did not come in time (a stream's first, or a resubscription's): asked for
+    /// (again).
     NoSnapshot,
     /// The connection ended: the new one's subscription brings a fresh snapshot.
     Reconnect,

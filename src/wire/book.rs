@@ -56,8 +56,9 @@ pub fn parse(frame: &str) -> Result<BookFields<'_>, String> {
     Ok(BookFields {
         bids: levels(raw.bids),
         asks: levels(raw.asks),
-        time_exchange: raw.time_exchange.map(RawValue::get),
-        time_coinapi: raw.time_coinapi.map(RawValue::get),
+        // Only strings are carried into a `book_top` line (any other value is treated as absent).
+        time_exchange: raw.time_exchange.map(RawValue::get).filter(|t| t.starts_with('"')),
+        time_coinapi: raw.time_coinapi.map(RawValue::get).filter(|t| t.starts_with('"')),
     })
 }
 
@@ -86,5 +87,7 @@ mod tests {
         assert!(parse(r#"{"bids":{"price":1}}"#).is_err());
         assert!(parse(r#"{"bids":[{"price":1}]}"#).is_err());
         assert!(parse(r#"{"bids":[1,2]}"#).is_err());
+        let odd = parse("{\"time_coinapi\":[\n1],\"time_exchange\":null}").expect("parse");
+        assert_eq!((odd.time_coinapi, odd.time_exchange), (None, None), "only strings are times");
     }
 }

@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use crate::lanes::Frame;
 use crate::output::ndjson::{Batch, BookTop, ControlLine, TimestampFormatter};
 use crate::wire::{self, DataType};
-use crate::worker::book::{self, BookState, Resync, ResyncReason, Step};
+use crate::worker::book::{self, Ask, BookState, ResyncReason, Step};
 use crate::worker::sequence::SeqOutcome;
 use crate::worker::symbols::BookStep;
 use crate::worker::Worker;
@@ -25,6 +25,33 @@ struct After {
     resubscribe: bool,
     /// A `book_top` line became due later (an interval is running).
     due_at: Option<i128>,
+}
+
+/// The parts of a worker a kept book writes to while its symbol's state is borrowed.
+struct Out<'w, 'm> {
+    batch: &'w mut Batch,
+    timestamps: &'w mut TimestampFormatter,
+    metrics: &'m crate::metrics::Metrics,
+}
+
+impl Out<'_, '_> {
+    /// Starts a resync of `state` with its `book_resync` line; whether to resubscribe now.
+    fn resync(
+        &mut self,
+        state: &mut BookState,
+        symbol: &str,
+        reason: ResyncReason,
+        detail: Option<&str>,
+        now: i128,
+        immediate: bool,
+    ) -> bool {
+        let (ask, crossed) = state.begin_resync(reason, now, immediate);
+        self.metrics.book_crossed_ms.add((crossed / 1_000_000) as u64);
+        let attempt = u32::from(ask == Ask::Now);
+        let line = ControlLine::BookResync { symbol_id: symbol, reason, attempt, detail };
+        self.batch.push_control(&line, self.timestamps.format(now));
+        ask == Ask::Now
+    }
 }
 
 impl Worker<'_> {
@@ -44,18 +71,12 @@ impl Worker<'_> {
             // Deltas were lost: the book is stale until a snapshot. The gap's own handling has
             // asked for the resubscription already.
             let Worker { symbols, batch, timestamps, metrics, .. } = self;
+            let mut out = Out { batch, timestamps, metrics };
             symbols.with_symbol(symbol, now, |s| {
                 let Some(state) = s.book.as_deref_mut() else { return };
-                if state.synced || state.resync.is_none() {
-                    let crossed = state.start_resync(ResyncReason::Gap, now, 1, Some(now + book::resync_wait_ns(1)));
-                    metrics.book_crossed_ms.add((crossed / 1_000_000) as u64);
-                    let line = ControlLine::BookResync {
-                        symbol_id: symbol,
-                        reason: ResyncReason::Gap,
-                        attempt: 1,
-                        detail: None,
-                    };
-                    batch.push_control(&line, timestamps.format(now));
+                let waiting = !state.synced && state.resync.is_some_and(|r| r.retry_at_ns.is_some());
+                if !waiting {
+                    out.resync(state, symbol, ResyncReason::Gap, None, now, true);
                 }
             });
             if step == BookStep::Write {
@@ -79,6 +100,7 @@ impl Worker<'_> {
         }
         let cfg = self.books;
         let Worker { symbols, batch, timestamps, metrics, .. } = self;
+        let mut out = Out { batch, timestamps, metrics };
         let mut after = After::default();
         let mut refused = false;
         let visited = symbols.with_symbol(symbol, now, |s| {
@@ -87,51 +109,49 @@ impl Worker<'_> {
                     refused = true;
                     return;
                 }
-                if !metrics.books_live.take_one(cfg.max_books as u64) {
+                if !out.metrics.books_live.take_one(cfg.max_books as u64) {
                     s.book_refused = true;
                     refused = true;
-                    metrics.books_refused.add(1);
+                    out.metrics.books_refused.add(1);
                     let line = ControlLine::BookRefused { symbol_id: symbol, limit: cfg.max_books };
-                    batch.push_control(&line, timestamps.format(now));
+                    out.batch.push_control(&line, out.timestamps.format(now));
                     return;
                 }
-                s.book = Some(Box::default());
+                s.book = Some(Box::new(BookState::waiting_for_first_snapshot(now)));
             }
             let Some(state) = s.book.as_deref_mut() else { return };
-            let mut resubscribing = |state: &mut BookState,
-                                     reason,
-                                     detail: Option<&str>,
-                                     batch: &mut Batch,
-                                     timestamps: &mut TimestampFormatter| {
-                let crossed = state.start_resync(reason, now, 1, Some(now + book::resync_wait_ns(1)));
-                metrics.book_crossed_ms.add((crossed / 1_000_000) as u64);
-                let line = ControlLine::BookResync { symbol_id: symbol, reason, attempt: 1, detail };
-                batch.push_control(&line, timestamps.format(now));
-                after.resubscribe = true;
-            };
+            if matches!(outcome, SeqOutcome::Regression { .. }) && !is_snapshot {
+                // An older delta would put back sizes that were already replaced.
+                let detail = Some("the sequence stepped back");
+                after.resubscribe = out.resync(state, symbol, ResyncReason::Gap, detail, now, false);
+                return;
+            }
             let fields = match wire::book::parse(frame.text.as_str()) {
                 Ok(f) => f,
                 Err(why) => {
-                    metrics.book_rejected.add(1);
-                    resubscribing(state, ResyncReason::Rejected, Some(&why), batch, timestamps);
+                    out.metrics.book_rejected.add(1);
+                    after.resubscribe = out.resync(state, symbol, ResyncReason::Rejected, Some(&why), now, false);
                     return;
                 }
             };
-            let waited = state.resync.map(|r| r.since_ns);
+            let waited = state.resync.filter(|r| !r.first).map(|r| r.since_ns);
             let mut trimmed = 0;
             let step = state.apply(is_snapshot, &fields.bids, &fields.asks, cfg.depth, cfg.max_levels, &mut trimmed);
-            metrics.book_levels_trimmed.add(trimmed);
+            out.metrics.book_levels_trimmed.add(trimmed);
             match step {
                 Step::Rejected(r) => {
-                    metrics.book_rejected.add(1);
-                    resubscribing(state, ResyncReason::Rejected, Some(r.as_str()), batch, timestamps);
+                    out.metrics.book_rejected.add(1);
+                    after.resubscribe = out.resync(state, symbol, ResyncReason::Rejected, Some(r.as_str()), now, false);
                     return;
                 }
                 Step::BeforeSnapshot => {
-                    metrics.book_before_snapshot.add(1);
+                    out.metrics.book_before_snapshot.add(1);
                     return;
                 }
                 Step::Changed | Step::Unchanged => {}
+            }
+            if is_snapshot && state.synced_since_ns.is_none() {
+                state.synced_since_ns = Some(now);
             }
             let p = &mut state.produced;
             p.sequence = sequence.unwrap_or(0);
@@ -145,20 +165,20 @@ impl Worker<'_> {
                 let (bids, asks) = (state.book.bids.len(), state.book.asks.len());
                 let waited_ms = ((now - since).max(0) / 1_000_000) as u64;
                 let line = ControlLine::BookSynced { symbol_id: symbol, sequence: p.sequence, bids, asks, waited_ms };
-                batch.push_control(&line, timestamps.format(now));
+                out.batch.push_control(&line, out.timestamps.format(now));
             }
             if state.book.is_crossed() {
-                metrics.book_crossed.add(1);
+                out.metrics.book_crossed.add(1);
                 let since = *state.crossed_since.get_or_insert(now);
-                if now - since > book::CROSS_RESYNC_NS {
-                    resubscribing(state, ResyncReason::Crossed, None, batch, timestamps);
+                if now - since > book::CROSS_RESYNC_NS && state.may_resync(now) {
+                    after.resubscribe = out.resync(state, symbol, ResyncReason::Crossed, None, now, false);
                     return;
                 }
             } else {
-                metrics.book_crossed_ms.add((state.end_cross(now) / 1_000_000) as u64);
+                out.metrics.book_crossed_ms.add((state.end_cross(now) / 1_000_000) as u64);
             }
-            if state.trimmed_below(cfg.depth) {
-                resubscribing(state, ResyncReason::Trimmed, None, batch, timestamps);
+            if state.trimmed_below(cfg.depth) && state.may_resync(now) {
+                after.resubscribe = out.resync(state, symbol, ResyncReason::Trimmed, None, now, false);
                 return;
             }
             if step == Step::Unchanged {
@@ -166,12 +186,13 @@ impl Worker<'_> {
             }
             match state.last_line_ns {
                 Some(last) if cfg.interval_ns > 0 && now - last < cfg.interval_ns => {
-                    if !state.pending {
-                        state.pending = true;
+                    state.pending = true;
+                    if !state.queued {
+                        state.queued = true;
                         after.due_at = Some(last + cfg.interval_ns);
                     }
                 }
-                _ => write_top(state, symbol, cfg.depth, batch, timestamps, now),
+                _ => write_top(state, symbol, cfg.depth, out.batch, out.timestamps, now),
             }
         });
         if visited.is_none() || refused {
@@ -185,8 +206,7 @@ impl Worker<'_> {
             return;
         }
         if after.resubscribe {
-            self.symbols.with_symbol(symbol, now, |s| s.start_resync(DataType::Book));
-            self.resync(DataType::Book, symbol);
+            self.resubscribe(symbol, now);
         }
         if let Some(at) = after.due_at {
             self.tops_due.push(Reverse((at, Box::from(symbol))));
@@ -194,6 +214,12 @@ impl Worker<'_> {
         if !raw {
             self.metrics.book_folded.add(1);
         }
+    }
+
+    /// Withholds the symbol's deltas until a snapshot and asks the reader to resubscribe.
+    fn resubscribe(&mut self, symbol: &str, now: i128) {
+        self.symbols.with_symbol(symbol, now, |s| s.start_resync(DataType::Book));
+        self.resync(DataType::Book, symbol);
     }
 
     /// The raw `book` line with `--book-output both`; with `top` the message is folded (counted).
@@ -206,7 +232,7 @@ impl Worker<'_> {
     }
 
     /// Writes the `book_top` lines whose interval has ended by `now`: the newest state, if it
-    /// still differs from the last line.
+    /// still differs from the last line. Each book has at most one entry (`BookState::queued`).
     pub(super) fn write_due_tops(&mut self, now: i128) {
         while let Some(Reverse((at, _))) = self.tops_due.peek() {
             if *at > now {
@@ -215,21 +241,30 @@ impl Worker<'_> {
             let Some(Reverse((_, symbol))) = self.tops_due.pop() else { break };
             let (depth, interval) = (self.books.depth, self.books.interval_ns);
             let Worker { symbols, batch, timestamps, .. } = self;
-            symbols.with_symbol(&symbol, now, |s| {
-                let Some(state) = s.book.as_deref_mut() else { return };
-                // An entry left from before a resync: the line it waited for is moot, and the
-                // entry pushed since (if any) holds the right time.
-                let early = state.last_line_ns.is_some_and(|t| now - t < interval);
-                if !(state.pending && state.synced) || early {
-                    return;
-                }
-                state.render(depth);
-                if state.view_changed() {
-                    write_top(state, &symbol, depth, batch, timestamps, now);
-                } else {
-                    state.pending = false;
-                }
-            });
+            let again = symbols
+                .with_symbol(&symbol, now, |s| {
+                    let state = s.book.as_deref_mut()?;
+                    state.queued = false;
+                    if !(state.pending && state.synced) {
+                        return None;
+                    }
+                    // A line written since (after a resync's snapshot) moved the interval.
+                    if let Some(next) = state.last_line_ns.map(|t| t + interval).filter(|next| *next > now) {
+                        state.queued = true;
+                        return Some(next);
+                    }
+                    state.render(depth);
+                    if state.view_changed() {
+                        write_top(state, &symbol, depth, batch, timestamps, now);
+                    } else {
+                        state.pending = false;
+                    }
+                    None
+                })
+                .flatten();
+            if let Some(next) = again {
+                self.tops_due.push(Reverse((next, symbol)));
+            }
         }
     }
 
@@ -238,33 +273,24 @@ impl Worker<'_> {
         self.tops_due.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// A new connection: every kept book waits for the snapshot its new subscription brings.
+    /// A new connection: every kept book waits for the snapshot its new subscription brings
+    /// (asked for again if it does not come).
     pub(super) fn books_reconnected(&mut self, at_unix_ns: i128) {
         let Worker { symbols, batch, timestamps, metrics, .. } = self;
         for (symbol, state) in symbols.books_mut() {
-            if !state.synced && state.resync.is_some() {
-                // Already waiting: the new subscription's snapshot is the one to wait for now.
-                let (since_ns, retry_at_ns) = (at_unix_ns, Some(at_unix_ns + book::resync_wait_ns(1)));
-                state.resync = Some(Resync { reason: ResyncReason::Reconnect, since_ns, attempts: 0, retry_at_ns });
-                continue;
-            }
-            if !state.synced {
-                continue;
-            }
-            let retry = Some(at_unix_ns + book::resync_wait_ns(1));
-            let crossed = state.start_resync(ResyncReason::Reconnect, at_unix_ns, 0, retry);
+            let was_synced = state.synced;
+            let crossed = state.reconnected(at_unix_ns);
             metrics.book_crossed_ms.add((crossed / 1_000_000) as u64);
-            let line = ControlLine::BookResync {
-                symbol_id: symbol,
-                reason: ResyncReason::Reconnect,
-                attempt: 0,
-                detail: None,
-            };
-            batch.push_control(&line, timestamps.format(at_unix_ns));
+            if was_synced {
+                let reason = ResyncReason::Reconnect;
+                let line = ControlLine::BookResync { symbol_id: symbol, reason, attempt: 0, detail: None };
+                batch.push_control(&line, timestamps.format(at_unix_ns));
+            }
         }
     }
 
-    /// Asks again for the resubscriptions whose snapshot did not come in time; gives up after
+    /// Asks for the resubscriptions that are due: one whose backoff ended, or whose snapshot
+    /// did not come in time (after 10, then 20, 40 s more); gives up after
     /// `RESYNC_ATTEMPTS_MAX` (deltas then flow again, discarded until a snapshot heals the book).
     pub(super) fn retry_resyncs(&mut self, now: i128) {
         let mut again: Vec<(String, bool)> = Vec::new();
@@ -282,22 +308,21 @@ impl Worker<'_> {
                     again.push((symbol.to_string(), false));
                     continue;
                 }
+                // The first resubscription of a deferred resync says why; later ones, that the
+                // snapshot did not come.
+                let reason = if r.attempts == 0 { r.reason } else { ResyncReason::NoSnapshot };
                 r.attempts += 1;
+                // Its snapshot will end a resync that has a line: it gets its `book_synced`.
+                r.first = false;
                 r.retry_at_ns = Some(now + book::resync_wait_ns(r.attempts));
-                let line = ControlLine::BookResync {
-                    symbol_id: symbol,
-                    reason: ResyncReason::NoSnapshot,
-                    attempt: r.attempts,
-                    detail: None,
-                };
+                let line = ControlLine::BookResync { symbol_id: symbol, reason, attempt: r.attempts, detail: None };
                 batch.push_control(&line, timestamps.format(now));
                 again.push((symbol.to_string(), true));
             }
         }
         for (symbol, resubscribe) in again {
             if resubscribe {
-                self.symbols.with_symbol(&symbol, now, |s| s.start_resync(DataType::Book));
-                self.resync(DataType::Book, &symbol);
+                self.resubscribe(&symbol, now);
             } else {
                 self.symbols.with_symbol(&symbol, now, |s| s.end_resync(DataType::Book));
             }
@@ -589,5 +614,127 @@ mod tests {
         let out = lines(&mut w);
         assert_eq!(of_type(&out, "book_synced").len(), 1, "{out:#?}");
         assert_eq!(of_type(&out, "book_top").len(), 1);
+    }
+
+    /// Proves a trimmed side is judged alone: a short side that was never trimmed is whole,
+    /// so it resyncs nothing (one flag for both sides resynced such a book forever).
+    #[test]
+    fn a_short_side_that_was_never_trimmed_is_whole() {
+        let metrics = Metrics::new(1);
+        let books = BookConfig { max_levels: 3, ..cfg(BookOutput::Top, 3) };
+        let mut w = Worker::new(0, LIMITS, &metrics).with_books(books);
+        let bids = lvl(&[("100", "1"), ("99", "1"), ("98", "1"), ("97", "1"), ("96", "1")]);
+        w.handle(book("A", 1, true, &bids, &lvl(&[("101", "1"), ("102", "1")]), 0));
+        w.handle(book("A", 2, false, &lvl(&[("100", "2")]), "", 1));
+        let out = lines(&mut w);
+        assert!(of_type(&out, "book_resync").is_empty(), "{out:#?}");
+        assert_eq!(of_type(&out, "book_top").len(), 2);
+    }
+
+    /// Proves a venue whose book stays crossed cannot cause a resync storm: the first lasting
+    /// cross resyncs, a fresh snapshot that is crossed again is only flagged.
+    #[test]
+    fn a_cross_that_survives_a_resync_is_flagged_not_resynced_again() {
+        let metrics = Metrics::new(1);
+        let mut w = Worker::new(0, LIMITS, &metrics).with_books(cfg(BookOutput::Top, 1));
+        let crossed = || (lvl(&[("102", "1")]), lvl(&[("101", "1")]));
+        let (bids, asks) = crossed();
+        w.handle(book("A", 1, true, &bids, &asks, 0));
+        w.handle(book("A", 2, false, &lvl(&[("102", "2")]), "", 3_500));
+        assert_eq!(of_type(&lines(&mut w), "book_resync").len(), 1, "the first lasting cross resyncs");
+        for i in 0..20 {
+            let (bids, asks) = crossed();
+            w.handle(book("A", 1 + i, i == 0, &bids, &asks, 6_000 + i as i128 * 1_000));
+        }
+        let out = lines(&mut w);
+        assert!(of_type(&out, "book_resync").is_empty(), "{out:#?}");
+        assert!(of_type(&out, "book_top").iter().all(|l| l.contains(r#""crossed":true"#)));
+    }
+
+    /// Proves resyncs in a row back off: a book refused again soon after its resync waits 10 s,
+    /// then 20 s, for its resubscription (attempt 0 until then), instead of one every message.
+    #[test]
+    fn repeated_rejections_back_off() {
+        let metrics = Metrics::new(1);
+        let mut w = Worker::new(0, LIMITS, &metrics).with_books(cfg(BookOutput::Top, 1));
+        // (round, seconds after the rejection, attempt) of every book_resync line.
+        let mut resyncs = Vec::new();
+        let mut t = 0;
+        for round in 0..3 {
+            snapshot(&mut w, "A", t);
+            w.handle(book("A", 2, false, &lvl(&[("99", "-1")]), "", t + 1));
+            for second in 0..=60 {
+                if second > 0 {
+                    w.handle(WorkerInput::Tick { now_unix_ns: T0 + (t + second * 1_000) * 1_000_000 });
+                }
+                for l in lines(&mut w).into_iter().filter(|l| l.contains("book_resync")) {
+                    let attempt = l.split("\"attempt\":").nth(1).and_then(|a| a[..1].parse::<u32>().ok());
+                    resyncs.push((round, second, attempt.expect("attempt")));
+                }
+            }
+            t += 61_000;
+        }
+        let asked: Vec<_> = resyncs.iter().filter(|(_, _, a)| *a == 1).map(|(r, s, _)| (*r, *s)).collect();
+        // The rejection came 1 ms after the round started: its waits end just after ticks 10 and 20.
+        assert_eq!(asked, vec![(0, 0), (1, 11), (2, 21)], "asked at once, then after 10 s, then 20 s: {resyncs:?}");
+        let deferred: Vec<_> = resyncs.iter().filter(|(_, _, a)| *a == 0).map(|(r, s, _)| (*r, *s)).collect();
+        assert_eq!(deferred, vec![(1, 0), (2, 0)], "{resyncs:?}");
+    }
+
+    /// Proves a stream whose first snapshot never comes is not left silent: its deltas are
+    /// counted and discarded, and after 10 s the snapshot is asked for.
+    #[test]
+    fn a_first_snapshot_that_never_comes_is_asked_for() {
+        let metrics = Metrics::new(1);
+        let mut w = Worker::new(0, LIMITS, &metrics).with_books(cfg(BookOutput::Top, 1));
+        for i in 0..5 {
+            w.handle(book("A", 2 + i, false, &lvl(&[("99", "1")]), "", i as i128 * 100));
+        }
+        w.handle(WorkerInput::Tick { now_unix_ns: T0 + 10 * S });
+        let out = lines(&mut w);
+        let resync = of_type(&out, "book_resync");
+        assert_eq!(resync.len(), 1, "{out:#?}");
+        assert!(resync[0].contains(r#""reason":"no_snapshot","attempt":1"#), "{}", resync[0]);
+        assert_eq!(metrics.snapshot().book_before_snapshot, 5);
+        // Its first snapshot gets a top line and no book_synced line.
+        snapshot(&mut w, "A", 11_000);
+        let out = lines(&mut w);
+        assert_eq!((of_type(&out, "book_top").len(), of_type(&out, "book_synced").len()), (1, 1), "{out:#?}");
+    }
+
+    /// Proves a delta older than the last one applied is not applied: it resyncs the book.
+    #[test]
+    fn a_delta_that_steps_back_resyncs() {
+        let metrics = Metrics::new(1);
+        let mut w = Worker::new(0, LIMITS, &metrics).with_books(cfg(BookOutput::Top, 1));
+        snapshot(&mut w, "A", 0);
+        w.handle(book("A", 2, false, &lvl(&[("100.0", "7")]), "", 1));
+        w.handle(book("A", 3, false, &lvl(&[("100.0", "8")]), "", 2));
+        w.handle(book("A", 2, false, &lvl(&[("100.0", "7")]), "", 3));
+        let out = lines(&mut w);
+        let resync = of_type(&out, "book_resync");
+        assert!(resync.len() == 1 && resync[0].contains(r#""detail":"the sequence stepped back""#), "{out:#?}");
+        assert!(of_type(&out, "book_top").last().is_some_and(|l| l.contains(r#""size":8"#)));
+    }
+
+    /// Proves a pending interval line is written when its interval ends even if its book says
+    /// nothing more and the worker never goes idle (other symbols' frames keep coming).
+    #[test]
+    fn a_pending_line_is_written_on_time_under_other_traffic() {
+        let metrics = Metrics::new(1);
+        let books = BookConfig { interval_ns: 100_000_000, ..cfg(BookOutput::Top, 1) };
+        let mut w = Worker::new(0, LIMITS, &metrics).with_books(books);
+        snapshot(&mut w, "A", 0);
+        w.handle(book("A", 2, false, &lvl(&[("100.0", "5")]), "", 10));
+        assert_eq!(of_type(&lines(&mut w), "book_top").len(), 1);
+        for i in 0..30 {
+            let text = format!(r#"{{"type":"quote","symbol_id":"B","sequence":{}}}"#, i + 1);
+            let recv = T0 + (20 + i as i128 * 10) * 1_000_000;
+            w.handle(WorkerInput::Frame(Frame { text: Utf8Bytes::from(text), recv_unix_ns: recv, generation: 1 }));
+        }
+        let out = lines(&mut w);
+        let tops = of_type(&out, "book_top");
+        assert_eq!(tops.len(), 1, "{out:#?}");
+        assert!(tops[0].contains(r#""size":5"#));
     }
 }

@@ -88,8 +88,8 @@ pub struct Worker<'a> {
     handled: u64,
     books: BookConfig,
     /// Kept books whose changed top waits for the end of its `--book-interval-ms`, soonest
-    /// first; a symbol is in it at most once (while its `pending` is set), so it holds at most
-    /// one entry per book.
+    /// first; a book is in it at most once (`BookState::queued`), so it holds at most one entry
+    /// per book.
     tops_due: BinaryHeap<Reverse<(i128, Box<str>)>>,
 }
 
@@ -187,7 +187,14 @@ impl<'a> Worker<'a> {
         self.handled += 1;
         crate::fault::maybe_panic(&self.name, self.handled);
         match input {
-            WorkerInput::Frame(frame) => self.handle_frame(&frame),
+            WorkerInput::Frame(frame) => {
+                // Due `book_top` lines are written whatever the traffic: a busy worker may not go
+                // idle, and the book that waits may not send again.
+                if self.next_top_due().is_some_and(|at| at <= frame.recv_unix_ns) {
+                    self.write_due_tops(frame.recv_unix_ns);
+                }
+                self.handle_frame(&frame)
+            }
             WorkerInput::Connected { generation, at_unix_ns } => self.start_generation(generation, at_unix_ns),
             WorkerInput::Recovery(result) => self.handle_recovery(result),
             WorkerInput::Tick { now_unix_ns } => {
@@ -293,9 +300,6 @@ impl<'a> Worker<'a> {
         }
         if data_type == DataType::Book && self.books.kept() {
             self.keep_book(frame, symbol, sequence, is_snapshot, outcome, book);
-            if self.next_top_due().is_some_and(|at| at <= now) {
-                self.write_due_tops(now);
-            }
             return;
         }
         if book != BookStep::Write {

@@ -95,7 +95,8 @@ fn split(text: &[u8]) -> Result<Parts<'_>, NumberError> {
         }
         // Digits past the range only make it larger: saturate, then refuse below.
         for d in r {
-            exp = (exp * 10 + i64::from(d - b'0')).min(EXPONENT_MAX * 10);
+            // Far beyond any frame's length, so no correction below can bring it back in range.
+            exp = (exp * 10 + i64::from(d - b'0')).min(1 << 50);
         }
         if neg {
             exp = -exp;

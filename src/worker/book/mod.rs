@@ -54,6 +54,8 @@ impl Level {
 #[derive(Debug, Default, Clone)]
 pub struct Side {
     levels: BTreeMap<Price, Level>,
+    /// Levels were trimmed since the last snapshot: the side may miss levels beyond its bound.
+    trimmed: bool,
 }
 
 impl Side {
@@ -95,6 +97,7 @@ impl Side {
     /// Removes the worst levels beyond `max`; returns how many.
     fn trim(&mut self, max: usize, bids: bool) -> u64 {
         let mut n = 0;
+        self.trimmed |= self.levels.len() > max;
         while self.levels.len() > max {
             if bids {
                 self.levels.pop_first();
@@ -124,7 +127,8 @@ impl Rejection {
         match self {
             Rejection::Price(NumberError::NotANumber) => "a price is not a number",
             Rejection::Price(NumberError::Unrepresentable) => "a price has more digits than an exact key holds",
-            Rejection::Size(_) => "a size is not a number",
+            Rejection::Size(NumberError::NotANumber) => "a size is not a number",
+            Rejection::Size(NumberError::Unrepresentable) => "a size is longer than a level keeps (64 characters)",
             Rejection::NegativeSize => "a negative size",
             Rejection::SnapshotSizeNotPositive => "a snapshot level with size <= 0",
         }
@@ -136,8 +140,6 @@ impl Rejection {
 pub struct L2Book {
     pub bids: Side,
     pub asks: Side,
-    /// Levels were trimmed since the last snapshot: the book may miss levels beyond its bound.
-    pub trimmed: bool,
 }
 
 /// What applying one message did.
@@ -151,12 +153,22 @@ pub struct Applied {
     pub touched_top: bool,
 }
 
+/// Longest price or size text a level keeps (CoinAPI's longest are about 31 characters): a
+/// longer one is refused, so a level's memory stays bounded.
+pub const NUMBER_TEXT_MAX: usize = 64;
+
 fn parse_entries<'a>(
     entries: &[Entry<'a>],
     snapshot: bool,
     out: &mut Vec<(Price, Sign, Entry<'a>)>,
 ) -> Result<(), Rejection> {
     for e in entries {
+        if e.price.len() > NUMBER_TEXT_MAX {
+            return Err(Rejection::Price(NumberError::Unrepresentable));
+        }
+        if e.size.len() > NUMBER_TEXT_MAX {
+            return Err(Rejection::Size(NumberError::Unrepresentable));
+        }
         let price = Price::parse(e.price).map_err(Rejection::Price)?;
         let sign = decimal::sign(e.size).map_err(Rejection::Size)?;
         match sign {
@@ -197,7 +209,6 @@ impl L2Book {
                     trimmed += side.trim(max_levels, is_bids);
                 }
             }
-            fresh.trimmed = trimmed > 0;
             *self = fresh;
             return Ok(Applied { trimmed, touched_top: true });
         }
@@ -220,9 +231,6 @@ impl L2Book {
             }
         }
         let trimmed = self.bids.trim(max_levels, true) + self.asks.trim(max_levels, false);
-        if trimmed > 0 {
-            self.trimmed = true;
-        }
         Ok(Applied { trimmed, touched_top })
     }
 
@@ -274,10 +282,25 @@ pub const RESYNC_ATTEMPTS_MAX: u32 = 4;
 pub struct Resync {
     pub reason: ResyncReason,
     pub since_ns: i128,
-    /// Resubscriptions asked for so far (0 after a reconnect, which needs none).
+    /// Resubscriptions asked for so far: 0 while none is needed yet (a new connection's own
+    /// subscription brings the snapshot), or while one waits for its backoff.
     pub attempts: u32,
-    /// When to ask again if no snapshot came; `None` once given up (or for a reconnect).
+    /// When to ask (again) if no snapshot came; `None` once given up.
     pub retry_at_ns: Option<i128>,
+    /// Waiting for the stream's first snapshot (its arrival gets no `book_synced` line).
+    pub first: bool,
+}
+
+/// A book whole for this long ends a streak of resyncs: the next one is asked for at once.
+pub const HEALTHY_NS: i128 = 60_000_000_000;
+
+/// When a resync asks for its resubscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// At once (attempt 1).
+    Now,
+    /// After a backoff: the book was resynced recently and did not stay whole.
+    Later,
 }
 
 /// The message that produced a book's current state: what its `book_top` line carries.
@@ -305,10 +328,16 @@ pub struct BookState {
     top: Vec<u8>,
     /// The next line is written even if the view did not change (after a snapshot).
     force: bool,
-    /// A changed view waits for the end of its interval since this time.
+    /// A changed view waits for the end of its interval.
     pub pending: bool,
+    /// The book has its (one) entry in the worker's `tops_due`.
+    pub queued: bool,
     pub last_line_ns: Option<i128>,
     pub produced: Produced,
+    /// Since when the book has been whole, if it is.
+    pub synced_since_ns: Option<i128>,
+    /// Resyncs in a row without `HEALTHY_NS` of being whole between them.
+    pub streak: u32,
 }
 
 /// What one message did to a `BookState`.
@@ -364,24 +393,66 @@ impl BookState {
         }
     }
 
-    /// Whether a trimmed book has fewer levels on a side than the output shows: levels may be
-    /// missing from the view.
+    /// Whether a trimmed side has fewer levels than the output shows: levels may be missing
+    /// from the view.
     pub fn trimmed_below(&self, depth: usize) -> bool {
-        self.book.trimmed && (self.book.bids.len() < depth || self.book.asks.len() < depth)
+        [&self.book.bids, &self.book.asks].iter().any(|side| side.trimmed && side.len() < depth)
     }
 
-    /// Marks the book doubtful until a snapshot: no more lines; returns the crossed time that
-    /// ends with it.
-    pub fn start_resync(
-        &mut self,
-        reason: ResyncReason,
-        now_ns: i128,
-        attempts: u32,
-        retry_at_ns: Option<i128>,
-    ) -> i128 {
+    /// A new book: it waits for its stream's first snapshot (asked for if it does not come).
+    pub fn waiting_for_first_snapshot(now_ns: i128) -> BookState {
+        let resync = Resync {
+            reason: ResyncReason::NoSnapshot,
+            since_ns: now_ns,
+            attempts: 0,
+            retry_at_ns: Some(now_ns + RESYNC_WAIT_NS),
+            first: true,
+        };
+        BookState { resync: Some(resync), ..BookState::default() }
+    }
+
+    /// Whether the book has stayed whole long enough (or never needed a resync) for a quality
+    /// problem — a lasting cross, a trimmed side — to be worth a resubscription; otherwise it
+    /// is only flagged, so a venue whose book is always crossed cannot cause a resync storm.
+    pub fn may_resync(&self, now_ns: i128) -> bool {
+        self.streak == 0 || self.synced_since_ns.is_some_and(|since| now_ns - since >= HEALTHY_NS)
+    }
+
+    /// Marks the book doubtful until a snapshot (no more lines) and says when to resubscribe:
+    /// at once (or `immediate`, when the caller asked already), or after a backoff when the
+    /// book has not stayed whole since its last resync. Returns that and the crossed time
+    /// that ends with it, in ns.
+    pub fn begin_resync(&mut self, reason: ResyncReason, now_ns: i128, immediate: bool) -> (Ask, i128) {
+        if self.synced_since_ns.is_some_and(|since| now_ns - since >= HEALTHY_NS) {
+            self.streak = 0;
+        }
+        self.streak = self.streak.saturating_add(1);
+        let ask = if immediate || self.streak == 1 { Ask::Now } else { Ask::Later };
+        let (attempts, retry_at_ns) = match ask {
+            Ask::Now => (1, now_ns + resync_wait_ns(1)),
+            Ask::Later => (0, now_ns + resync_wait_ns(self.streak - 1)),
+        };
+        self.resync = Some(Resync { reason, since_ns: now_ns, attempts, retry_at_ns: Some(retry_at_ns), first: false });
         self.synced = false;
         self.pending = false;
-        self.resync = Some(Resync { reason, since_ns: now_ns, attempts, retry_at_ns });
+        self.synced_since_ns = None;
+        (ask, self.end_cross(now_ns))
+    }
+
+    /// The connection ended: the new one's subscription brings a fresh snapshot (no
+    /// resubscription needed, none counted against the book). Returns the crossed time ended.
+    pub fn reconnected(&mut self, now_ns: i128) -> i128 {
+        let since_ns = self.resync.map_or(now_ns, |r| r.since_ns);
+        let first = self.resync.is_some_and(|r| r.first);
+        let reason = if self.synced {
+            ResyncReason::Reconnect
+        } else {
+            self.resync.map_or(ResyncReason::Reconnect, |r| r.reason)
+        };
+        self.resync = Some(Resync { reason, since_ns, attempts: 0, retry_at_ns: Some(now_ns + RESYNC_WAIT_NS), first });
+        self.synced = false;
+        self.pending = false;
+        self.synced_since_ns = None;
         self.end_cross(now_ns)
     }
 
@@ -461,6 +532,9 @@ mod tests {
         let mut b = L2Book::default();
         b.apply(true, &[e("100", "1")], &[e("101", "1")], 10, 1000).expect("ok");
         let before = top(&b, 10);
+        // Trailing zeros keep the value exact, but not the memory of a level bounded.
+        let long_price = format!("99.{}", "0".repeat(NUMBER_TEXT_MAX));
+        let long_size = format!("1.{}", "0".repeat(NUMBER_TEXT_MAX));
         for (snapshot, bids, want) in [
             (false, vec![e("99", "1"), e("98", "-0.5")], Rejection::NegativeSize),
             (true, vec![e("99", "1"), e("98", "0")], Rejection::SnapshotSizeNotPositive),
@@ -471,6 +545,8 @@ mod tests {
                 Rejection::Price(NumberError::Unrepresentable),
             ),
             (false, vec![e("99", "x")], Rejection::Size(NumberError::NotANumber)),
+            (false, vec![e(&long_price, "1")], Rejection::Price(NumberError::Unrepresentable)),
+            (false, vec![e("99", &long_size)], Rejection::Size(NumberError::Unrepresentable)),
         ] {
             assert_eq!(b.apply(snapshot, &bids, &[], 10, 1000), Err(want));
             assert_eq!(top(&b, 10), before, "a refused message changes nothing");
@@ -500,7 +576,7 @@ mod tests {
         let ask_entries: Vec<Entry> = asks.iter().map(|p| e(p, "1")).collect();
         let applied = b.apply(true, &bid_entries, &ask_entries, 3, 3).expect("ok");
         assert_eq!(applied.trimmed, 14);
-        assert!(b.trimmed);
+        assert!(b.bids.trimmed && b.asks.trimmed);
         assert_eq!(
             top(&b, 5),
             r#""bids":[{"price":10,"size":1},{"price":9,"size":1},{"price":8,"size":1}],"asks":[{"price":11,"size":1},{"price":12,"size":1},{"price":13,"size":1}]"#
@@ -527,7 +603,7 @@ mod tests {
             Step::Changed
         );
         s.written(2);
-        s.start_resync(ResyncReason::Gap, 3, 1, Some(10));
+        s.begin_resync(ResyncReason::Gap, 3, false);
         assert!(!s.synced);
         assert_eq!(s.apply(false, &[e("9", "1")], &[], 2, 100, &mut trimmed), Step::BeforeSnapshot);
     }
