@@ -243,6 +243,8 @@ registry! {
     book_withheld: Counter, Both;
     /// Order books kept now (whole, or waiting for a snapshot), all workers together.
     books_live: Gauge, Both;
+    /// Levels held by all kept books (about 130 bytes each), recounted by each worker every second.
+    book_levels: Gauge, Health;
     /// `book_top` lines written to stdout.
     book_top_lines: Counter, Both;
     /// `book` messages folded into kept books and not written raw (--book-output top): applied, refused or before a snapshot.

@@ -678,7 +678,7 @@ mod tests {
         ),
         (
             "book_top",
-            r#"{"type":"book_top","symbol_id":"BITSTAMP_SPOT_BTC_USD","depth":2,"bids":[{"price":63996.80,"size":0.033505},{"price":63993.59015722783950221424016,"size":0.037413}],"asks":[{"price":64003.22,"size":0.021559},{"price":64006.4300000000,"size":34137e-6}],"sequence":1,"time_exchange":"2026-12-01T14:13:11.6107236Z","time_coinapi":"2026-12-01T14:13:11.6535036Z","recv_time":"2026-12-01T14:13:11.6539956Z","crossed":false,"source":"book"}"#,
+            r#"{"type":"book_top","symbol_id":"BITSTAMP_SPOT_BTC_USD","depth":2,"bids":[{"price":63996.79,"size":0.0684830000},{"price":63993.590157227839502214240160,"size":0.026999}],"asks":[{"price":64003.19,"size":6319e-5},{"price":64006.39000000,"size":0.071836}],"sequence":1,"time_exchange":"2026-12-01T14:56:31.9199732Z","time_coinapi":"2026-12-01T14:56:31.9685192Z","recv_time":"2026-12-01T14:56:31.9688549Z","crossed":false,"source":"book"}"#,
         ),
         (
             "book_resync",
@@ -825,13 +825,13 @@ mod tests {
             &BookTop {
                 symbol_id: sym,
                 depth: 2,
-                levels: br#""bids":[{"price":63996.80,"size":0.033505},{"price":63993.59015722783950221424016,"size":0.037413}],"asks":[{"price":64003.22,"size":0.021559},{"price":64006.4300000000,"size":34137e-6}]"#,
+                levels: br#""bids":[{"price":63996.79,"size":0.0684830000},{"price":63993.590157227839502214240160,"size":0.026999}],"asks":[{"price":64003.19,"size":6319e-5},{"price":64006.39000000,"size":0.071836}]"#,
                 sequence: 1,
-                time_exchange: "\"2026-12-01T14:13:11.6107236Z\"",
-                time_coinapi: "\"2026-12-01T14:13:11.6535036Z\"",
+                time_exchange: "\"2026-12-01T14:56:31.9199732Z\"",
+                time_coinapi: "\"2026-12-01T14:56:31.9685192Z\"",
                 crossed: false,
             },
-            "2026-12-01T14:13:11.6539956Z",
+            "2026-12-01T14:56:31.9688549Z",
         );
         assert_eq!(top.lines(), LineCounts { book_top: 1, ..LineCounts::default() });
         produced.push(top);

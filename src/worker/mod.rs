@@ -87,6 +87,8 @@ pub struct Worker<'a> {
     /// Inputs handled, for the test fault hook.
     handled: u64,
     books: BookConfig,
+    /// This worker's share of the `book_levels` gauge, last published.
+    book_levels: u64,
     /// Kept books whose changed top waits for the end of its `--book-interval-ms`, soonest
     /// first; a book is in it at most once (`BookState::queued`), so it holds at most one entry
     /// per book.
@@ -111,6 +113,7 @@ impl<'a> Worker<'a> {
             last_silence_check_ns: 0,
             handled: 0,
             books: BookConfig::default(),
+            book_levels: 0,
             tops_due: BinaryHeap::new(),
         }
     }
@@ -338,6 +341,9 @@ impl<'a> Worker<'a> {
         self.last_silence_check_ns = now_ns;
         if self.books.kept() {
             self.retry_resyncs(now_ns);
+            let levels: u64 = self.symbols.books_mut().map(|(_, b)| b.book.levels() as u64).sum();
+            self.metrics.book_levels.add(levels.wrapping_sub(self.book_levels));
+            self.book_levels = levels;
         }
         let silent = self.symbols.count_silent(now_ns, SILENCE_NS);
         if silent != self.silent {

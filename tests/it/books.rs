@@ -366,6 +366,19 @@ fn a_flood_of_levels_is_trimmed_and_books_past_the_bound_are_refused() {
     }
     let sent = sim.book_oracle().len();
     assert!(wait_received(&feed, sent as u64 + 20, Duration::from_secs(60)), "{}", feed.stderr_text());
+    // Memory: the levels the books hold (recounted every second) stay within the bound.
+    let kept_levels = |l: &[String]| {
+        let health = l.iter().rev().find(|x| x.contains("health: "))?;
+        let kv = harness::key_values(health.split("health: ").nth(1).unwrap_or(""));
+        Some((field(&kv, "received"), field(&kv, "book_levels")))
+    };
+    // Each worker recounts once a second: 2 s more of traffic (400 msg/s) means a count taken
+    // after the flood reached the book.
+    let after_flood = sent as u64 + 800;
+    let counted = |l: &[String]| kept_levels(l).is_some_and(|(received, levels)| received >= after_flood && levels > 0);
+    assert!(feed.stderr.wait_until(Duration::from_secs(10), counted), "{}", feed.stderr_text());
+    let (_, levels) = kept_levels(&feed.stderr.snapshot()).expect("a health line");
+    assert!(levels <= 2 * 200, "book_levels {levels}: one book of at most 200 levels a side");
     feed.signal("INT");
     feed.wait_exit(Duration::from_secs(10));
 
