@@ -21,7 +21,9 @@ use crate::worker::Worker;
 /// What a kept book's message asks of the worker once the symbol's state is released.
 #[derive(Debug, Default)]
 struct After {
-    /// Resubscribe the stream (and withhold its deltas until the snapshot).
+    /// Withhold the stream's deltas until a snapshot (the book is no longer whole).
+    withhold: bool,
+    /// Ask the reader to resubscribe now (otherwise `retry_resyncs` asks when the backoff ends).
     resubscribe: bool,
     /// A `book_top` line became due later (an interval is running).
     due_at: Option<i128>,
@@ -35,7 +37,8 @@ struct Out<'w, 'm> {
 }
 
 impl Out<'_, '_> {
-    /// Starts a resync of `state` with its `book_resync` line; whether to resubscribe now.
+    /// Starts a resync of `state` with its `book_resync` line: `None` if one was running
+    /// already, else whether to resubscribe now (or after a backoff).
     fn resync(
         &mut self,
         state: &mut BookState,
@@ -44,13 +47,29 @@ impl Out<'_, '_> {
         detail: Option<&str>,
         now: i128,
         immediate: bool,
-    ) -> bool {
+    ) -> Option<bool> {
+        if !state.synced && state.resync.is_some() {
+            // Already waiting for a snapshot (a refused one, say): its timer and attempts go on,
+            // so a book that can never be whole still reaches `given_up`, and stays there until
+            // a snapshot it can use arrives.
+            return None;
+        }
         let (ask, crossed) = state.begin_resync(reason, now, immediate);
         self.metrics.book_crossed_ms.add((crossed / 1_000_000) as u64);
         let attempt = u32::from(ask == Ask::Now);
         let line = ControlLine::BookResync { symbol_id: symbol, reason, attempt, detail };
         self.batch.push_control(&line, self.timestamps.format(now));
-        ask == Ask::Now
+        Some(ask == Ask::Now)
+    }
+}
+
+impl After {
+    /// A resync started (`Some(now)`): withhold the deltas, and resubscribe if `now`.
+    fn started(&mut self, resync: Option<bool>) {
+        if let Some(now) = resync {
+            self.withhold = true;
+            self.resubscribe = now;
+        }
     }
 }
 
@@ -74,9 +93,8 @@ impl Worker<'_> {
             let mut out = Out { batch, timestamps, metrics };
             symbols.with_symbol(symbol, now, |s| {
                 let Some(state) = s.book.as_deref_mut() else { return };
-                let waiting = !state.synced && state.resync.is_some_and(|r| r.retry_at_ns.is_some());
-                if !waiting {
-                    out.resync(state, symbol, ResyncReason::Gap, None, now, true);
+                if state.synced {
+                    let _ = out.resync(state, symbol, ResyncReason::Gap, None, now, true);
                 }
             });
             if step == BookStep::Write {
@@ -120,17 +138,22 @@ impl Worker<'_> {
                 s.book = Some(Box::new(BookState::waiting_for_first_snapshot(now)));
             }
             let Some(state) = s.book.as_deref_mut() else { return };
+            if !is_snapshot && !state.synced {
+                // Waiting for a snapshot (its first, or after a give-up): nothing to apply to.
+                out.metrics.book_before_snapshot.add(1);
+                return;
+            }
             if matches!(outcome, SeqOutcome::Regression { .. }) && !is_snapshot {
                 // An older delta would put back sizes that were already replaced.
                 let detail = Some("the sequence stepped back");
-                after.resubscribe = out.resync(state, symbol, ResyncReason::Gap, detail, now, false);
+                after.started(out.resync(state, symbol, ResyncReason::Gap, detail, now, false));
                 return;
             }
             let fields = match wire::book::parse(frame.text.as_str()) {
                 Ok(f) => f,
                 Err(why) => {
                     out.metrics.book_rejected.add(1);
-                    after.resubscribe = out.resync(state, symbol, ResyncReason::Rejected, Some(&why), now, false);
+                    after.started(out.resync(state, symbol, ResyncReason::Rejected, Some(&why), now, false));
                     return;
                 }
             };
@@ -141,7 +164,7 @@ impl Worker<'_> {
             match step {
                 Step::Rejected(r) => {
                     out.metrics.book_rejected.add(1);
-                    after.resubscribe = out.resync(state, symbol, ResyncReason::Rejected, Some(r.as_str()), now, false);
+                    after.started(out.resync(state, symbol, ResyncReason::Rejected, Some(r.as_str()), now, false));
                     return;
                 }
                 Step::BeforeSnapshot => {
@@ -170,16 +193,25 @@ impl Worker<'_> {
             if state.book.is_crossed() {
                 out.metrics.book_crossed.add(1);
                 let since = *state.crossed_since.get_or_insert(now);
-                if now - since > book::CROSS_RESYNC_NS && state.may_resync(now) {
-                    after.resubscribe = out.resync(state, symbol, ResyncReason::Crossed, None, now, false);
-                    return;
+                if now - since > book::CROSS_RESYNC_NS {
+                    if state.may_resync(now) {
+                        after.started(out.resync(state, symbol, ResyncReason::Crossed, None, now, false));
+                        return;
+                    }
+                    // Crossed again after a resync: flagged only, and not counted as healthy
+                    // time, so a venue whose book stays crossed is not resynced again.
+                    state.synced_since_ns = Some(now);
                 }
             } else {
                 out.metrics.book_crossed_ms.add((state.end_cross(now) / 1_000_000) as u64);
             }
-            if state.trimmed_below(cfg.depth) && state.may_resync(now) {
-                after.resubscribe = out.resync(state, symbol, ResyncReason::Trimmed, None, now, false);
-                return;
+            if state.trimmed_below(cfg.depth) {
+                if state.may_resync(now) {
+                    after.started(out.resync(state, symbol, ResyncReason::Trimmed, None, now, false));
+                    return;
+                }
+                // Trimmed below the depth again soon after a resync: written as it is.
+                state.synced_since_ns = Some(now);
             }
             if step == Step::Unchanged {
                 return;
@@ -207,6 +239,9 @@ impl Worker<'_> {
         }
         if after.resubscribe {
             self.resubscribe(symbol, now);
+        } else if after.withhold {
+            // The resubscription waits for its backoff; the deltas meanwhile are stale.
+            self.symbols.with_symbol(symbol, now, |s| s.start_resync(DataType::Book));
         }
         if let Some(at) = after.due_at {
             self.tops_due.push(Reverse((at, Box::from(symbol))));
@@ -310,7 +345,8 @@ impl Worker<'_> {
                 }
                 // The first resubscription of a deferred resync says why; later ones, that the
                 // snapshot did not come.
-                let reason = if r.attempts == 0 { r.reason } else { ResyncReason::NoSnapshot };
+                let deferred = r.attempts == 0 && r.reason != ResyncReason::Reconnect;
+                let reason = if deferred { r.reason } else { ResyncReason::NoSnapshot };
                 r.attempts += 1;
                 // Its snapshot will end a resync that has a line: it gets its `book_synced`.
                 r.first = false;
@@ -642,7 +678,8 @@ mod tests {
         w.handle(book("A", 1, true, &bids, &asks, 0));
         w.handle(book("A", 2, false, &lvl(&[("102", "2")]), "", 3_500));
         assert_eq!(of_type(&lines(&mut w), "book_resync").len(), 1, "the first lasting cross resyncs");
-        for i in 0..20 {
+        // 90 s of a crossed book: past the 60 s after which a whole book's streak ends.
+        for i in 0..90 {
             let (bids, asks) = crossed();
             w.handle(book("A", 1 + i, i == 0, &bids, &asks, 6_000 + i as i128 * 1_000));
         }
@@ -736,5 +773,27 @@ mod tests {
         let tops = of_type(&out, "book_top");
         assert_eq!(tops.len(), 1, "{out:#?}");
         assert!(tops[0].contains(r#""size":5"#));
+    }
+
+    /// Proves a book whose snapshots are always refused still reaches `given_up`: a refused
+    /// snapshot while it waits does not restart its resync (or its timer and attempts).
+    #[test]
+    fn refused_snapshots_do_not_restart_a_resync() {
+        let metrics = Metrics::new(1);
+        let mut w = Worker::new(0, LIMITS, &metrics).with_books(cfg(BookOutput::Top, 1));
+        snapshot(&mut w, "A", 0);
+        w.handle(book("A", 2, false, &lvl(&[("99", "-1")]), "", 1));
+        let mut lines_seen = Vec::new();
+        for second in 1..=200 {
+            // A refused snapshot every 5 s (a level with size 0), as a broken venue would send.
+            if second % 5 == 0 {
+                w.handle(book("A", 1, true, &lvl(&[("99", "0")]), &lvl(&[("101", "1")]), second * 1_000));
+            }
+            w.handle(WorkerInput::Tick { now_unix_ns: T0 + second * S + 2_000_000 });
+            lines_seen.extend(lines(&mut w).into_iter().filter(|l| l.contains("book_resync")));
+        }
+        assert_eq!(lines_seen.len(), 5, "attempt 1, then 2, 3, 4, then given up: {lines_seen:#?}");
+        assert!(lines_seen[4].contains(r#""reason":"given_up""#), "{lines_seen:#?}");
+        assert!(metrics.snapshot().book_rejected >= 30);
     }
 }

@@ -201,7 +201,11 @@ impl<'a> Worker<'a> {
             WorkerInput::Connected { generation, at_unix_ns } => self.start_generation(generation, at_unix_ns),
             WorkerInput::Recovery(result) => self.handle_recovery(result),
             WorkerInput::Tick { now_unix_ns } => {
-                self.count_silent(now_unix_ns);
+                // Ticks come sooner while a `book_top` line waits for its interval; the scans of
+                // every symbol stay once a second.
+                if now_unix_ns - self.last_silence_check_ns >= SILENCE_CHECK.as_nanos() as i128 {
+                    self.count_silent(now_unix_ns);
+                }
                 self.write_due_tops(now_unix_ns);
             }
         }
