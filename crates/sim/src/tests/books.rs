@@ -186,13 +186,30 @@ fn exact_client_agrees_with_the_oracle() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut i = 0;
     while i < 20_000 || negatives == 0 || deepest < 740 || crossed_seen == 0 {
-        assert!(Instant::now() < deadline, "faults not all seen after {i} messages");
+        assert!(
+            Instant::now() < deadline,
+            "faults not all seen after {i} messages: negative sizes {negatives}, deepest {deepest}, crossed {crossed_seen}"
+        );
         match i {
             500 => sim.inject(WsFault::BookSweep { symbol_id: BTC.to_string() }),
             1000 => sim.inject(WsFault::BookCross { symbol_id: XRP.to_string(), duration: Duration::from_millis(50) }),
             1500 => sim.inject(WsFault::GapOn { symbol_id: BTC.to_string(), skip: 2 }),
             2000 => sim.inject(WsFault::BookNegativeSize { symbol_id: XRP.to_string() }),
             2500 => sim.inject(WsFault::BookLevelFlood { symbol_id: BTC.to_string(), levels: 700 }),
+            // A fault can be hidden: a mid-stream snapshot that lands inside the flood resets
+            // the client's book to the snapshot's 20 levels a side. Ask again for what is missing.
+            n if n >= 5000 && n % 2500 == 0 => {
+                if negatives == 0 {
+                    sim.inject(WsFault::BookNegativeSize { symbol_id: XRP.to_string() });
+                }
+                if deepest < 740 {
+                    sim.inject(WsFault::BookLevelFlood { symbol_id: BTC.to_string(), levels: 700 });
+                }
+                if crossed_seen == 0 {
+                    let duration = Duration::from_millis(50);
+                    sim.inject(WsFault::BookCross { symbol_id: XRP.to_string(), duration });
+                }
+            }
             _ => {}
         }
         i += 1;
@@ -225,7 +242,7 @@ fn exact_client_agrees_with_the_oracle() {
     assert!(sim.book_oracle().len() >= received.len());
     assert_eq!(sim.book_oracle_dropped(), 0);
     assert!(snapshots >= 200, "{snapshots} snapshots");
-    assert_eq!(negatives, 1);
+    assert!(negatives >= 1, "the negative size arrived");
     assert!(widest > 40 && widest <= 200, "the flood came in deltas of at most 200 levels: {widest}");
     assert!(deepest >= 740, "the flooded levels arrived: {deepest}");
     let respelled = spellings.values().filter(|s| s.len() >= 2).count();
