@@ -48,14 +48,14 @@ impl Out<'_, '_> {
         now: i128,
         immediate: bool,
     ) -> Option<bool> {
-        if !state.synced && state.resync.is_some() {
+        if !state.synced {
             // Already waiting for a snapshot (a refused one, say): its timer and attempts go on,
             // so a book that can never be whole still reaches `given_up`, and stays there until
             // a snapshot it can use arrives.
             return None;
         }
         let (ask, crossed) = state.begin_resync(reason, now, immediate);
-        self.metrics.book_crossed_ms.add((crossed / 1_000_000) as u64);
+        self.metrics.book_crossed_ms.add(crossed);
         let attempt = u32::from(ask == Ask::Now);
         let line = ControlLine::BookResync { symbol_id: symbol, reason, attempt, detail };
         self.batch.push_control(&line, self.timestamps.format(now));
@@ -92,8 +92,7 @@ impl Worker<'_> {
             let Worker { symbols, batch, timestamps, metrics, .. } = self;
             let mut out = Out { batch, timestamps, metrics };
             symbols.with_symbol(symbol, now, |s| {
-                let Some(state) = s.book.as_deref_mut() else { return };
-                if state.synced {
+                if let Some(state) = s.book.as_deref_mut() {
                     let _ = out.resync(state, symbol, ResyncReason::Gap, None, now, true);
                 }
             });
@@ -203,7 +202,7 @@ impl Worker<'_> {
                     state.synced_since_ns = Some(now);
                 }
             } else {
-                out.metrics.book_crossed_ms.add((state.end_cross(now) / 1_000_000) as u64);
+                out.metrics.book_crossed_ms.add(state.end_cross(now));
             }
             if state.trimmed_below(cfg.depth) {
                 if state.may_resync(now) {
@@ -315,7 +314,7 @@ impl Worker<'_> {
         for (symbol, state) in symbols.books_mut() {
             let was_synced = state.synced;
             let crossed = state.reconnected(at_unix_ns);
-            metrics.book_crossed_ms.add((crossed / 1_000_000) as u64);
+            metrics.book_crossed_ms.add(crossed);
             if was_synced {
                 let reason = ResyncReason::Reconnect;
                 let line = ControlLine::BookResync { symbol_id: symbol, reason, attempt: 0, detail: None };

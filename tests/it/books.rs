@@ -111,7 +111,7 @@ fn epochs<T>(items: Vec<T>, seq: impl Fn(&T) -> u64) -> Vec<Vec<T>> {
 
 /// Checks that after every message of `oracle` (one symbol, one subscription) the last line
 /// written at or before it shows the model's top: returns how many messages were checked.
-fn agree(symbol: &str, oracle: &[BookOracleEntry], lines: &[&Top], depth_index: usize) -> usize {
+fn agree(symbol: &str, oracle: &[BookOracleEntry], lines: &[&Top]) -> usize {
     let mut li = 0usize;
     let mut current: Option<&Top> = None;
     for e in oracle {
@@ -127,7 +127,7 @@ fn agree(symbol: &str, oracle: &[BookOracleEntry], lines: &[&Top], depth_index: 
             );
         };
         assert_eq!(
-            top.digest, e.digests[depth_index],
+            top.digest, e.digests[0],
             "{symbol}: after message {} the last book_top (sequence {}) differs from the model",
             e.sequence, top.sequence
         );
@@ -197,7 +197,7 @@ fn book_tops_agree_with_the_market_model_after_every_message() {
         let mut checked = 0;
         for (symbol, entries) in model {
             let lines = by_symbol.get(symbol).map(Vec::as_slice).unwrap_or(&[]);
-            checked += agree(symbol, &entries, lines, 0);
+            checked += agree(symbol, &entries, lines);
         }
         assert_eq!(checked as u64, N);
         eprintln!(
@@ -288,7 +288,7 @@ fn a_lost_delta_resyncs_once_and_the_fresh_snapshot_is_used() {
     {
         let upto = lines.last().expect("lines").sequence;
         let checked: Vec<BookOracleEntry> = model.iter().filter(|e| e.sequence <= upto).cloned().collect();
-        assert!(agree(A, &checked, lines, 0) > 0, "{name}");
+        assert!(agree(A, &checked, lines) > 0, "{name}");
     }
     let summary = feed.summary();
     harness::assert_accounting_closes(&summary);
@@ -362,12 +362,13 @@ fn a_flood_of_levels_is_trimmed_and_books_past_the_bound_are_refused() {
     let line = &control_lines(&out, "book_refused")[0];
     let (kept, other) = if line["symbol_id"] == A { (B, A) } else { (A, B) };
     sim.inject(WsFault::BookLevelFlood { symbol_id: kept.to_string(), levels: 20_000 });
-    let flooded = || sim.book_depth(kept).is_some_and(|(b, a)| b + a >= 20_000);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !flooded() {
-        assert!(std::time::Instant::now() < deadline, "the flood never reached the model: {:?}", sim.book_depth(kept));
-        sim.wait_for(Duration::from_millis(100), |_| false);
-    }
+    let applied = sim.wait_for(Duration::from_secs(30), |ev| {
+        ev.iter().any(
+            |e| matches!(&e.kind, coinfeed_sim::EventKind::FaultApplied { fault } if fault.contains("BookLevelFlood")),
+        )
+    });
+    let depth = sim.book_depth(kept);
+    assert!(applied && depth.is_some_and(|(b, a)| b + a >= 20_000), "the flood never reached the model: {depth:?}");
     let sent = sim.book_oracle().len();
     assert!(wait_received(&feed, sent as u64 + 20, Duration::from_secs(60)), "{}", feed.stderr_text());
     // Memory: the levels the books hold (recounted every second) stay within the bound.
@@ -395,7 +396,7 @@ fn a_flood_of_levels_is_trimmed_and_books_past_the_bound_are_refused() {
     let lines = tops_of(&all, kept);
     let upto = lines.last().expect("lines").sequence;
     let model: Vec<BookOracleEntry> = oracle_of(&sim, kept).into_iter().filter(|e| e.sequence <= upto).collect();
-    agree(kept, &model, &lines, 0);
+    agree(kept, &model, &lines);
     let summary = feed.summary();
     harness::assert_accounting_closes(&summary);
     assert_eq!((field(&summary, "books_live"), field(&summary, "books_refused")), (1, 1));

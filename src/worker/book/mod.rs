@@ -421,8 +421,8 @@ impl BookState {
     /// Marks the book doubtful until a snapshot (no more lines) and says when to resubscribe:
     /// at once (or `immediate`, when the caller asked already), or after a backoff when the
     /// book has not stayed whole since its last resync. Returns that and the crossed time
-    /// that ends with it, in ns.
-    pub fn begin_resync(&mut self, reason: ResyncReason, now_ns: i128, immediate: bool) -> (Ask, i128) {
+    /// that ends with it, in ms.
+    pub fn begin_resync(&mut self, reason: ResyncReason, now_ns: i128, immediate: bool) -> (Ask, u64) {
         if self.synced_since_ns.is_some_and(|since| now_ns - since >= HEALTHY_NS) {
             self.streak = 0;
         }
@@ -440,8 +440,9 @@ impl BookState {
     }
 
     /// The connection ended: the new one's subscription brings a fresh snapshot (no
-    /// resubscription needed, none counted against the book). Returns the crossed time ended.
-    pub fn reconnected(&mut self, now_ns: i128) -> i128 {
+    /// resubscription needed, none counted against the book). Returns the crossed time ended, in
+    /// ms.
+    pub fn reconnected(&mut self, now_ns: i128) -> u64 {
         let since_ns = self.resync.map_or(now_ns, |r| r.since_ns);
         let first = self.resync.is_some_and(|r| r.first);
         let reason = if self.synced {
@@ -456,9 +457,9 @@ impl BookState {
         self.end_cross(now_ns)
     }
 
-    /// Ends a crossed period; returns how long it lasted.
-    pub fn end_cross(&mut self, now_ns: i128) -> i128 {
-        self.crossed_since.take().map_or(0, |since| (now_ns - since).max(0))
+    /// Ends a crossed period; returns how long it lasted, in ms (what `book_crossed_ms` adds).
+    pub fn end_cross(&mut self, now_ns: i128) -> u64 {
+        self.crossed_since.take().map_or(0, |since| ((now_ns - since).max(0) / 1_000_000) as u64)
     }
 
     /// The segment of the state rendered by the last `apply` (or `render`), for a line.
