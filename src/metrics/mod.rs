@@ -44,6 +44,9 @@ pub enum Show {
     Summary,
     /// In the health line only (a state of the moment, meaningless at exit).
     Health,
+    /// On the Prometheus page only (a raw figure the stderr lines show in their own way, or
+    /// one only a monitoring system needs).
+    Endpoint,
 }
 
 /// One declared metric.
@@ -123,6 +126,12 @@ pub const LABELLED: &[Def] = &[
         show: Show::Health,
     },
     Def {
+        name: "queue_bytes",
+        help: " Bytes waiting in a worker's input channel (its share of --buffer-mib), by worker.",
+        kind: Kind::Gauge,
+        show: Show::Endpoint,
+    },
+    Def {
         name: "dropped_by_symbol",
         help: " Data frames shed by the reader, by symbol (at most DROP_SYMBOLS_MAX symbols, the rest as (other)).",
         kind: Kind::Counter,
@@ -145,6 +154,8 @@ macro_rules! registry {
             $( $(#[doc = $doc])+ pub $name: Value, )+
             /// Per worker (`LABELLED[0]`): messages waiting in its input channel.
             queue_depths: Box<[Padded]>,
+            /// Per worker (`LABELLED[1]`): bytes waiting in its input channel.
+            queue_bytes: Box<[Value]>,
             drops_by_symbol: Mutex<HashMap<Box<str>, u64>>,
         }
 
@@ -166,6 +177,7 @@ macro_rules! registry {
                 Metrics {
                     $( $name: Value::new(Kind::$kind), )+
                     queue_depths: (0..n_workers).map(|_| Padded(Value::new(Kind::Gauge))).collect(),
+                    queue_bytes: (0..n_workers).map(|_| Value::new(Kind::Gauge)).collect(),
                     drops_by_symbol: Mutex::new(HashMap::new()),
                 }
             }
@@ -185,7 +197,7 @@ macro_rules! registry {
 }
 
 registry! {
-    /// Data frames (not heartbeats, not error/reconnect notices) read from the socket.
+    /// Data frames (not heartbeats, not error/reconnect notices) read from the socket (or a recording).
     received: Counter, Both;
     /// Market-data lines written to stdout.
     written: Counter, Both;
@@ -203,6 +215,12 @@ registry! {
     connections: Counter, Both;
     /// Connections opened after the first.
     reconnects: Counter, Both;
+    /// 1 while a WebSocket connection is open (after its hello), 0 while connecting or waiting to reconnect.
+    connected: Gauge, Endpoint;
+    /// The generation number of the latest connection attempt (sequences are valid within one).
+    connection_generation: Gauge, Endpoint;
+    /// When the last message (data or heartbeat) arrived, Unix milliseconds (read at most every 1,024 frames or 100 ms).
+    last_message_unix_ms: OptionalGauge, Endpoint;
     /// Sequence jumps detected (gap lines with reason sequence).
     gaps: Counter, Both;
     /// Streams that were live when their connection ended (gap lines with reason reconnect).
@@ -275,6 +293,16 @@ registry! {
     bytes_written: Counter, Summary;
     /// Highest depth any worker channel reached.
     max_queue_depth: Gauge, Both;
+    /// Bytes the worker queues hold together (the health line's buffer_kib, in bytes).
+    buffer_used_bytes: Gauge, Endpoint;
+    /// The worker queues' memory budget, --buffer-mib in bytes.
+    buffer_budget_bytes: Gauge, Endpoint;
+    /// Raw frames written to the --record recording.
+    record_frames: Counter, Summary;
+    /// Raw frames not recorded because the recorder's queue was full (the disk was slower than the feed).
+    record_dropped: Counter, Summary;
+    /// Output files finished (fsynced and renamed from .part) under --output-dir.
+    files_finished: Counter, Summary;
     /// Times the memory of a drained stall was given back to the OS.
     memory_returns: Counter, Summary;
     /// Symbols that sent data before but none for a minute (summed over workers).
@@ -309,6 +337,18 @@ impl Metrics {
     /// Every worker's queue depth, by worker id.
     pub fn queue_depths(&self) -> Vec<u64> {
         self.queue_depths.iter().map(|g| g.0.get()).collect()
+    }
+
+    /// Worker `worker`'s channel holds inputs costing `bytes` (set by the supervisor's tick).
+    pub fn set_queue_bytes(&self, worker: usize, bytes: u64) {
+        if let Some(gauge) = self.queue_bytes.get(worker) {
+            gauge.set(bytes);
+        }
+    }
+
+    /// Every worker's queued bytes, by worker id.
+    pub fn queue_bytes(&self) -> Vec<u64> {
+        self.queue_bytes.iter().map(Value::get).collect()
     }
 
     /// Drop counts per symbol, largest first, at most `n`.

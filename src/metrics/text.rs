@@ -49,7 +49,7 @@ pub fn health_line(now: &Snapshot, prev: &Snapshot, elapsed: Duration, queues: &
         .ok();
     }
     let _ = write!(s, "] buffer_kib={}/{}", queues.buffer.0 >> 10, queues.buffer.1 >> 10);
-    push_metrics(&mut s, now, |show| show != Show::Summary);
+    push_metrics(&mut s, now, |show| matches!(show, Show::Both | Show::Health));
     if let Some((rss, _)) = memory {
         let _ = write!(s, " rss_kib={rss}");
     }
@@ -60,7 +60,7 @@ pub fn health_line(now: &Snapshot, prev: &Snapshot, elapsed: Duration, queues: &
 /// the most.
 pub fn summary_line(now: &Snapshot, uptime: Duration, top_drops: &[(String, u64)], memory: Memory) -> String {
     let mut s = String::from("summary:");
-    push_metrics(&mut s, now, |show| show != Show::Health);
+    push_metrics(&mut s, now, |show| matches!(show, Show::Both | Show::Summary));
     let _ = write!(s, " uptime_s={:.1}", uptime.as_secs_f64());
     if let Some((rss, peak)) = memory {
         let _ = write!(s, " rss_kib={rss} peak_rss_kib={peak}");
@@ -105,6 +105,7 @@ mod tests {
                 Show::Both => h.contains(def.name) && s.contains(def.name),
                 Show::Health => h.contains(def.name),
                 Show::Summary => s.contains(def.name),
+                Show::Endpoint => !h.contains(def.name) && !s.contains(def.name),
             };
             assert!(shown || def.name.starts_with("rate_limit") || def.name.starts_with("last_429"), "{}", def.name);
         }
