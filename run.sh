@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# coinfeed's entry points for people and CI. Needs only a Rust toolchain (cargo, rustfmt, clippy).
+# coinfeed's entry points for people and CI. Needs a Rust toolchain (cargo, rustfmt, clippy), and
+# for the tests python3 with venv and PyPI.
 #
 #   ./run.sh [ARGS...]   build in release mode and run the pipeline: against CoinAPI when
 #                        COINAPI_KEY is set, otherwise against the built-in simulator (--sim).
 #                        NDJSON on stdout, logs and health on stderr, until Ctrl-C.
 #                        ARGS are passed to coinfeed (see ./run.sh --help).
-#   ./run.sh test        cargo fmt --check, clippy with -D warnings, and the whole test suite.
+#   ./run.sh test        cargo fmt --check, clippy with -D warnings, and the whole test suite
+#                        (installs the Prometheus parser its tests use into target/prom-venv).
 #   ./run.sh bench       criterion micro benches and the end-to-end bench (cargo bench).
 #   ./run.sh soak [--minutes M | --seconds S] [--rate R] [--symbols N] [--slow-reader-us U] [--out DIR]
 #                        soak (or, with --slow-reader-us, overload) run of the release binary
@@ -28,6 +30,10 @@ test)
     cargo fmt --all -- --check
     echo "== cargo clippy --workspace --all-targets -D warnings" >&2
     cargo clippy --locked --workspace --all-targets -- -D warnings
+    # The Prometheus project's own parser (the official Python client, from PyPI), which the
+    # metrics endpoint's tests hold every page to: installed into target/prom-venv when missing.
+    echo "== the Prometheus parser (tests/prom/install.sh)" >&2
+    tests/prom/install.sh >/dev/null
     echo "== cargo test" >&2
     cargo test --locked --workspace --all-targets "$@"
     ;;

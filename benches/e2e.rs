@@ -116,8 +116,10 @@ fn pipeline_read(sim: &SimProcess, n: u64, types: &str, extra: &[&str]) -> (f64,
     let config = Arc::new(config);
     let mut elapsed = 0.0;
     std::thread::scope(|s| {
-        let run =
-            s.spawn(|| app::run(Arc::clone(&config), Arc::clone(&shutdown), Arc::clone(&metrics), std::io::sink()));
+        let run = s.spawn(|| {
+            let services = app::Services::default();
+            app::run(Arc::clone(&config), Arc::clone(&shutdown), Arc::clone(&metrics), std::io::sink(), services)
+        });
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut started = None;
         loop {

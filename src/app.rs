@@ -12,6 +12,7 @@
 
 use std::any::Any;
 use std::io::Write;
+use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::{self, Scope, ScopedJoinHandle};
@@ -20,12 +21,18 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 use parking_lot::Mutex;
 
-use crate::config::limits::WRITER_QUEUE_PER_PRODUCER;
-use crate::config::Config;
+use crate::clock::unix_now_ns;
+use crate::config::limits::{RECORD_QUEUE_FRAMES, WRITER_QUEUE_PER_PRODUCER};
+use crate::config::{CompressArg, Config, Source};
+use crate::ingest::record;
+use crate::ingest::recorder::{self, Recorded};
+use crate::ingest::replay::{Replay, ReplayExit};
 use crate::ingest::{Reader, ReaderExit};
 use crate::lanes::{self, Budget, Resyncs};
+use crate::metrics::http::{self, HealthRules};
 use crate::metrics::{proc, text, Metrics, Snapshot};
 use crate::output::ndjson::Batch;
+use crate::output::sink::{Compress, FileSet, Rotating, Sink};
 use crate::output::writer::{self, WriterExit};
 use crate::recovery::handle::RecoveryHandle;
 use crate::recovery::rest::RestClient;
@@ -55,6 +62,17 @@ pub enum Outcome {
     /// The graceful stop did not finish within `--shutdown-timeout` (exit 1). A thread is still
     /// stuck (typically writing into a stdout nobody reads); the process must end to free it.
     ShutdownTimedOut,
+    /// A replay read every recording it could, but some were damaged (each named, exit 1).
+    ReplayDamaged(Vec<String>),
+}
+
+/// What `main` prepared for the pipeline besides the config: the metrics endpoint's socket
+/// (bound before anything starts, so a taken port is refused at once) and whether stderr is a
+/// terminal (the status line is then redrawn in place instead of scrolling).
+#[derive(Debug, Default)]
+pub struct Services {
+    pub metrics_listener: Option<TcpListener>,
+    pub live_status: bool,
 }
 
 /// The first thread failure of a run, kept for the outcome.
@@ -67,8 +85,18 @@ pub fn run<W: Write + Send + 'static>(
     shutdown: Arc<Shutdown>,
     metrics: Arc<Metrics>,
     out: W,
+    services: Services,
 ) -> Outcome {
     let started = Instant::now();
+    let sink = match open_sink(&config, out) {
+        Ok(sink) => sink,
+        Err(e) => return Outcome::StartFailed(e),
+    };
+    let recorder = match open_recording(&config) {
+        Ok(files) => files,
+        Err(e) => return Outcome::StartFailed(e),
+    };
+    let listener = services.metrics_listener;
     let rest = RestClient::new(&config.recovery);
     let rest_agent = rest.agent();
     let (done_tx, done_rx) = crossbeam_channel::bounded::<Outcome>(1);
@@ -77,7 +105,8 @@ pub fn run<W: Write + Send + 'static>(
         let (config, shutdown, metrics) = (Arc::clone(&config), Arc::clone(&shutdown), Arc::clone(&metrics));
         let budget = Arc::clone(&budget);
         thread::Builder::new().name("pipeline".into()).spawn(move || {
-            let outcome = run_threads(&config, &shutdown, &metrics, &budget, rest, out);
+            let io = Io { sink, recorder, listener, started };
+            let outcome = run_threads(&config, &shutdown, &metrics, &budget, rest, io);
             let _ = done_tx.send(outcome);
         })
     };
@@ -91,7 +120,9 @@ pub fn run<W: Write + Send + 'static>(
     let mut prev_at = started;
     let mut stop_deadline: Option<Instant> = None;
     let mut memory = MemoryReturn::default();
+    let mut status = services.live_status.then(StatusLine::default);
     let pc = &config.pipeline;
+    metrics.buffer_budget_bytes.set(budget.max());
     let outcome = loop {
         match done_rx.recv_timeout(SUPERVISOR_TICK) {
             Ok(outcome) => break outcome,
@@ -123,7 +154,13 @@ pub fn run<W: Write + Send + 'static>(
             _ => {}
         }
         memory.watch(budget.used(), &metrics);
-        if let Some(interval) = pc.health_interval {
+        metrics.buffer_used_bytes.set(budget.used());
+        for w in 0..budget.n_workers() {
+            metrics.set_queue_bytes(w, budget.used_by(w));
+        }
+        if let Some(status) = status.as_mut() {
+            status.redraw(now, &metrics, &budget);
+        } else if let Some(interval) = pc.health_interval {
             if now.duration_since(prev_at) >= interval {
                 let snap = metrics.snapshot();
                 let depths = metrics.queue_depths();
@@ -137,8 +174,97 @@ pub fn run<W: Write + Send + 'static>(
         }
     };
     let _ = pipeline.join();
+    if let Some(status) = status {
+        status.clear();
+    }
     log::info!("{}", summary(&metrics.snapshot(), started, &metrics));
     outcome
+}
+
+/// The output: stdout, or rotating files under `--output-dir`.
+fn open_sink<W: Write>(config: &Config, out: W) -> Result<Sink<W>, String> {
+    let Some(dir) = &config.output.dir else { return Ok(Sink::Stream(out)) };
+    let compress = match config.output.compress {
+        None => Compress::None,
+        Some(CompressArg::Zstd) => Compress::Zstd,
+        Some(CompressArg::Gzip) => Compress::Gzip,
+    };
+    let set = FileSet {
+        dir: dir.clone(),
+        prefix: "coinfeed".into(),
+        extension: "ndjson".into(),
+        rotate: config.output.rotate,
+        compress,
+        header: Vec::new(),
+    };
+    Rotating::open(set, unix_now_ns())
+        .map(Sink::Files)
+        .map_err(|e| format!("--output-dir: cannot open the first file: {e}"))
+}
+
+/// The recording's files for `--record FILE`: `<dir of FILE>/<stem>-<UTC start>.<extension>`.
+fn open_recording(config: &Config) -> Result<Option<Rotating>, String> {
+    let Source::Live { record: Some(path) } = &config.source else { return Ok(None) };
+    let name = |s: Option<&std::ffi::OsStr>| s.map(|s| s.to_string_lossy().into_owned());
+    let set = FileSet {
+        dir: path.parent().map(|p| p.to_path_buf()).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| ".".into()),
+        prefix: name(path.file_stem()).unwrap_or_else(|| "coinfeed".into()),
+        extension: name(path.extension()).unwrap_or_else(|| "cfrec".into()),
+        rotate: config.output.rotate,
+        compress: Compress::None,
+        header: record::header().to_vec(),
+    };
+    Rotating::open(set, unix_now_ns()).map(Some).map_err(|e| format!("--record: cannot open the recording: {e}"))
+}
+
+/// The files and sockets the pipeline threads take over.
+struct Io<W: Write> {
+    sink: Sink<W>,
+    recorder: Option<Rotating>,
+    listener: Option<TcpListener>,
+    started: Instant,
+}
+
+/// The health line redrawn in place once a second when stderr is a terminal (rate, drops,
+/// queue, recovery, RSS); logs clear it before they print (see main's logger), and the next
+/// redraw brings it back.
+#[derive(Debug, Default)]
+struct StatusLine {
+    last: Option<(Instant, Snapshot)>,
+}
+
+/// How often the status line is redrawn.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+impl StatusLine {
+    fn redraw(&mut self, now: Instant, metrics: &Metrics, budget: &Budget) {
+        let snap = metrics.snapshot();
+        let Some((at, prev)) = self.last else {
+            self.last = Some((now, snap));
+            return;
+        };
+        if now.duration_since(at) < STATUS_EVERY {
+            return;
+        }
+        let line = text::status_line(
+            &snap,
+            &prev,
+            now.duration_since(at),
+            &metrics.queue_depths(),
+            (budget.used(), budget.max()),
+            proc::memory_kib(),
+        );
+        // `\r` and erase-line: the line is rewritten where it is (on stderr, never stdout).
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{line}").and_then(|()| err.flush());
+        self.last = Some((now, snap));
+    }
+
+    fn clear(self) {
+        if self.last.is_some() {
+            let _ = std::io::stderr().write_all(b"\r\x1b[2K");
+        }
+    }
 }
 
 /// Gives the memory of a drained stall back to the OS. Queued frames are many small
@@ -181,8 +307,9 @@ fn run_threads<W: Write + Send>(
     metrics: &Metrics,
     budget: &Budget,
     rest: RestClient,
-    out: W,
+    io: Io<W>,
 ) -> Outcome {
+    let Io { sink, recorder, listener, started } = io;
     let pc = &config.pipeline;
     let n = pc.n_workers;
     let (writer_tx, writer_rx) = crossbeam_channel::bounded::<Batch>((n + 1) * WRITER_QUEUE_PER_PRODUCER);
@@ -199,9 +326,25 @@ fn run_threads<W: Write + Send>(
     let resyncs = Resyncs::new(config.limits.symbols_total);
     let resyncs = &resyncs;
 
+    let limit = config.output.limit;
     let (reader_exit, writer_exit) = thread::scope(|s| {
-        let writer =
-            spawn(s, "writer".into(), failure, shutdown, move || writer::run(writer_rx, out, metrics, shutdown));
+        let writer = spawn(s, "writer".into(), failure, shutdown, move || {
+            writer::run(writer_rx, sink, metrics, shutdown, limit)
+        });
+        let http = listener.map(|listener| {
+            let rules = HealthRules { stale_timeout: config.ingest.stale_timeout, started };
+            spawn(s, "metrics-http".into(), failure, shutdown, move || http::run(listener, metrics, &rules, shutdown))
+        });
+        let (record_tx, recording) = match recorder {
+            Some(files) => {
+                let (tx, rx) = crossbeam_channel::bounded::<Recorded>(RECORD_QUEUE_FRAMES);
+                (
+                    Some(tx),
+                    Some(spawn(s, "recorder".into(), failure, shutdown, move || recorder::run(rx, files, metrics))),
+                )
+            }
+            None => (None, None),
+        };
         let workers: Vec<_> = worker_rxs
             .into_iter()
             .enumerate()
@@ -215,21 +358,44 @@ fn run_threads<W: Write + Send>(
                 })
             })
             .collect();
-        let recovery = Recovery { handle: recovery_handle, client: rest, lanes: recovery_lanes, metrics, shutdown };
+        let offline = config.recovery.offline;
+        let recovery =
+            Recovery { handle: recovery_handle, client: rest, lanes: recovery_lanes, metrics, shutdown, offline };
         let recovery = spawn(s, "recovery".into(), failure, shutdown, move || recovery.run());
-        let reader = spawn(s, "reader".into(), failure, shutdown, move || {
-            let exit = Reader::new(&config.ingest, metrics, shutdown, lanes, writer_tx, resyncs).run();
-            // Whatever ended the reader ends the run: the recovery thread must let go of the
-            // workers' channels too.
-            shutdown.request();
-            exit
-        });
+        let reader = match &config.source {
+            Source::Live { .. } => spawn(s, "reader".into(), failure, shutdown, move || {
+                let exit = Reader::new(&config.ingest, metrics, shutdown, lanes, writer_tx, resyncs)
+                    .with_recorder(record_tx)
+                    .run();
+                // Whatever ended the reader ends the run: the recovery thread must let go of the
+                // workers' channels too.
+                shutdown.request();
+                match exit {
+                    ReaderExit::Fatal(msg) => Ended::KeyRefused(msg),
+                    _ => Ended::Clean,
+                }
+            }),
+            Source::Replay { files, pace } => spawn(s, "replay".into(), failure, shutdown, move || {
+                let exit = Replay::new(files.clone(), *pace, metrics, shutdown, lanes, writer_tx).run();
+                shutdown.request();
+                match exit {
+                    ReplayExit::Damaged(files) => Ended::Damaged(files),
+                    _ => Ended::Clean,
+                }
+            }),
+        };
         let reader_exit = reader.join().ok().flatten();
         let _ = recovery.join();
         for w in workers {
             let _ = w.join();
         }
         let writer_exit = writer.join().ok().flatten();
+        if let Some(recording) = recording {
+            let _ = recording.join();
+        }
+        if let Some(http) = http {
+            let _ = http.join();
+        }
         (reader_exit, writer_exit)
     });
 
@@ -238,9 +404,17 @@ fn run_threads<W: Write + Send>(
     }
     match (reader_exit, writer_exit) {
         (_, Some(WriterExit::Failed(e))) => Outcome::OutputFailed(e),
-        (Some(ReaderExit::Fatal(msg)), _) => Outcome::KeyRefused(msg),
+        (Some(Ended::KeyRefused(msg)), _) => Outcome::KeyRefused(msg),
+        (Some(Ended::Damaged(files)), _) => Outcome::ReplayDamaged(files),
         _ => Outcome::Clean,
     }
+}
+
+/// How the source of frames (the reader or a replay) ended, for the outcome.
+enum Ended {
+    Clean,
+    KeyRefused(String),
+    Damaged(Vec<String>),
 }
 
 /// Spawns one named pipeline thread whose panic is caught where it starts: logged with the

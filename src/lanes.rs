@@ -165,6 +165,8 @@ pub enum Unrecovered {
     QueueFull,
     /// The symbol already had the most trade gaps waiting at once.
     TooManyGaps,
+    /// A replay: no REST request is made.
+    Offline,
 }
 
 impl Unrecovered {
@@ -177,6 +179,7 @@ impl Unrecovered {
             Unrecovered::PendingAtExit => "pending_at_exit",
             Unrecovered::QueueFull => "queue_full",
             Unrecovered::TooManyGaps => "too_many_gaps",
+            Unrecovered::Offline => "offline",
         }
     }
 }
@@ -233,6 +236,10 @@ pub struct Budget {
     reader_sent: PaddedTotal,
     recovery_sent: PaddedTotal,
     handled: Box<[PaddedTotal]>,
+    /// The same sent totals by worker, for the per-worker gauge (`queue_bytes`): what the
+    /// reader sent each (its running totals, stored) and what the recovery thread sent each.
+    reader_sent_to: Box<[PaddedTotal]>,
+    recovery_sent_to: Box<[PaddedTotal]>,
 }
 
 impl Budget {
@@ -242,7 +249,20 @@ impl Budget {
             reader_sent: PaddedTotal::default(),
             recovery_sent: PaddedTotal::default(),
             handled: (0..n_workers).map(|_| PaddedTotal::default()).collect(),
+            reader_sent_to: (0..n_workers).map(|_| PaddedTotal::default()).collect(),
+            recovery_sent_to: (0..n_workers).map(|_| PaddedTotal::default()).collect(),
         }
+    }
+
+    /// Bytes queued for worker `worker` now (an upper bound, as `used`).
+    pub fn used_by(&self, worker: usize) -> u64 {
+        let sent = self.reader_sent_to[worker].0.load(Ordering::Acquire)
+            + self.recovery_sent_to[worker].0.load(Ordering::Acquire);
+        sent.saturating_sub(self.handled[worker].0.load(Ordering::Acquire))
+    }
+
+    pub fn n_workers(&self) -> usize {
+        self.handled.len()
     }
 
     pub fn max(&self) -> u64 {
@@ -273,11 +293,12 @@ impl Budget {
 
     /// The recovery thread's side: charges `cost` if it fits (or if nothing is queued, so one
     /// result larger than the whole budget still gets through an empty buffer).
-    fn try_charge_recovery(&self, cost: u64) -> bool {
+    fn try_charge_recovery(&self, worker: usize, cost: u64) -> bool {
         let used = self.used();
         if used + cost > self.max && used > 0 {
             return false;
         }
+        self.recovery_sent_to[worker].0.fetch_add(cost, Ordering::AcqRel);
         self.recovery_sent.0.fetch_add(cost, Ordering::AcqRel);
         true
     }
@@ -313,11 +334,12 @@ impl RecoveryLanes<'_> {
         wait: Duration,
         stop: impl Fn() -> bool,
     ) -> Result<(), DeliveryError> {
-        let lane = &self.senders[route(result.key().symbol_id.as_bytes(), self.senders.len())];
+        let w = route(result.key().symbol_id.as_bytes(), self.senders.len());
+        let lane = &self.senders[w];
         let input = WorkerInput::Recovery(result);
         let cost = input.cost();
         let deadline = Instant::now() + wait;
-        while self.message_cap.is_some_and(|cap| lane.len() >= cap) || !self.budget.try_charge_recovery(cost) {
+        while self.message_cap.is_some_and(|cap| lane.len() >= cap) || !self.budget.try_charge_recovery(w, cost) {
             if stop() || Instant::now() >= deadline {
                 return Err(DeliveryError::Full);
             }
@@ -364,6 +386,8 @@ struct Lane {
     tx: Sender<WorkerInput>,
     capped: bool,
     chunk: BytesMut,
+    /// Bytes the reader has sent this lane (its running total of `Budget::reader_sent_to`).
+    sent: u64,
 }
 
 impl Lane {
@@ -436,7 +460,7 @@ impl<'a> Lanes<'a> {
         metrics: &'a Metrics,
     ) -> Lanes<'a> {
         assert!(!senders.is_empty(), "the reader needs at least one worker");
-        let lanes = senders.into_iter().map(|tx| Lane { tx, capped: false, chunk: BytesMut::new() }).collect();
+        let lanes = senders.into_iter().map(|tx| Lane { tx, capped: false, chunk: BytesMut::new(), sent: 0 }).collect();
         let low_water = budget.max - budget.max / 8;
         Lanes {
             lanes,
@@ -481,6 +505,8 @@ impl<'a> Lanes<'a> {
         self.sent += cost;
         self.known_free = self.known_free.saturating_sub(cost);
         self.budget.reader_sent.0.store(self.sent, Ordering::Release);
+        self.lanes[w].sent += cost;
+        self.budget.reader_sent_to[w].0.store(self.lanes[w].sent, Ordering::Release);
         true
     }
 
@@ -531,6 +557,33 @@ impl<'a> Lanes<'a> {
         let text = if queued >= COPY_WHEN_QUEUED { self.lanes[w].copy(&text) } else { text };
         let frame = Frame { text, recv_unix_ns: recv_unix_ns(), generation };
         if !self.send(w, WorkerInput::Frame(frame), cost) {
+            return Dispatch::Gone;
+        }
+        self.metrics.set_queue_depth(w, queued + 1);
+        Dispatch::Delivered
+    }
+
+    /// A replay's hand-off: like `dispatch`, but it waits for room for as long as it takes
+    /// (nothing is lost by reading a file later) and never drops; `Gone` when `stop` says the
+    /// run is ending while it waits, or the worker is gone. The text is the replay's own copy.
+    pub fn dispatch_waiting(
+        &mut self,
+        text: Utf8Bytes,
+        generation: u64,
+        recv_unix_ns: i128,
+        stop: impl Fn() -> bool,
+    ) -> Dispatch {
+        let symbol = wire::scan_field(text.as_bytes(), b"symbol_id").unwrap_or(b"");
+        let w = route(symbol, self.lanes.len());
+        let cost = INPUT_OVERHEAD_BYTES + text.len() as u64;
+        while !self.fits(cost) || self.lane_full(w) {
+            if stop() {
+                return Dispatch::Gone;
+            }
+            std::thread::sleep(ROOM_POLL);
+        }
+        let queued = self.lanes[w].tx.len();
+        if !self.send(w, WorkerInput::Frame(Frame { text, recv_unix_ns, generation }), cost) {
             return Dispatch::Gone;
         }
         self.metrics.set_queue_depth(w, queued + 1);

@@ -2,14 +2,18 @@
 //! pipeline (or the standalone simulator) and map the outcome to an exit code. `main` owns every
 //! exit code (`Exit`); the library never exits the process and returns typed outcomes.
 
+use std::io::IsTerminal;
+use std::net::TcpListener;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use coinfeed::app::{self, Outcome};
-use coinfeed::config::{Config, SymbolFilter};
+use coinfeed::config::{Config, ConfigError, Source, SymbolFilter};
 use coinfeed::metrics::Metrics;
+use coinfeed::output::sink::Rotating;
 use coinfeed::shutdown::Shutdown;
 use coinfeed_sim as sim;
 
@@ -60,6 +64,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the pipeline from recordings made with --record instead of a socket: the same lines
+    /// the live run wrote (recv_time from the recording), to stdout or --output-dir. Makes no
+    /// network connection and no REST request (a gap's recovery line says `offline`).
+    Replay(coinfeed::config::ReplayArgs),
     /// Run the built-in CoinAPI simulator as its own process (loopback only); prints its URLs as
     /// one JSON line on stdout and serves until Ctrl-C.
     Sim(coinfeed_sim::cli::SimArgs),
@@ -76,21 +84,79 @@ fn main() -> std::process::ExitCode {
     };
     match cli.command {
         Some(Command::Sim(args)) => run_sim(&args),
-        None => run_ingest(&cli.run),
+        Some(Command::Replay(args)) => {
+            let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+            match Config::from_replay_args(&args, cores) {
+                Ok(config) => run_pipeline(config),
+                Err(e) => usage_error(&e),
+            }
+        }
+        None => {
+            let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+            match Config::from_args(&cli.run, std::env::var("COINAPI_KEY").ok(), cores) {
+                Ok(config) => run_pipeline(config),
+                Err(e) => usage_error(&e),
+            }
+        }
     }
     .into()
 }
 
-fn run_ingest(args: &coinfeed::config::RunArgs) -> Exit {
-    let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
-    let mut config = match Config::from_args(args, std::env::var("COINAPI_KEY").ok(), cores) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}\n\nFor more information, try '--help'.");
-            return Exit::Usage;
+fn usage_error(e: &ConfigError) -> Exit {
+    eprintln!("error: {e}\n\nFor more information, try '--help'.");
+    Exit::Usage
+}
+
+/// What must be true of the machine before anything starts, refused like a bad flag (exit 2):
+/// the output directory and the recording's directory are writable, the replayed files exist,
+/// and the metrics address can be listened on (bound here, handed to the pipeline).
+fn prepare(config: &Config) -> Result<Option<TcpListener>, ConfigError> {
+    let refuse = |flag: &'static str, problem: String, fix: &str| ConfigError { flag, problem, fix: fix.into() };
+    if let Some(dir) = &config.output.dir {
+        Rotating::check_dir(dir)
+            .map_err(|p| refuse("--output-dir", p, "give a directory coinfeed can create files in"))?;
+    }
+    match &config.source {
+        Source::Live { record: Some(path) } => {
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Rotating::check_dir(dir)
+                .map_err(|p| refuse("--record", p, "record into a directory coinfeed can write"))?;
         }
+        Source::Replay { files, .. } => {
+            for f in files {
+                if !f.is_file() {
+                    return Err(refuse(
+                        "FILE",
+                        format!("{} is not a readable file", f.display()),
+                        "name recordings made with --record",
+                    ));
+                }
+            }
+        }
+        Source::Live { record: None } => {}
+    }
+    match config.serve.metrics_listen {
+        Some(addr) => TcpListener::bind(addr).map(Some).map_err(|e| {
+            refuse(
+                "--metrics-listen",
+                format!("cannot listen on {addr}: {e}"),
+                "choose a free port (0 lets the OS pick one)",
+            )
+        }),
+        None => Ok(None),
+    }
+}
+
+fn run_pipeline(mut config: Config) -> Exit {
+    let listener = match prepare(&config) {
+        Ok(l) => l,
+        Err(e) => return usage_error(&e),
     };
-    init_logging(config.log_level);
+    let live_status = std::io::stderr().is_terminal() && config.pipeline.health_interval.is_some();
+    init_logging(config.log_level, live_status);
+    if let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        log::info!("metrics on http://{addr}/metrics, health on http://{addr}/health");
+    }
 
     let shutdown = Arc::new(Shutdown::new());
     if let Err(e) = install_interrupt_handler(Arc::clone(&shutdown)) {
@@ -110,7 +176,8 @@ fn run_ingest(args: &coinfeed::config::RunArgs) -> Exit {
     };
 
     let metrics = Arc::new(Metrics::new(config.pipeline.n_workers));
-    let outcome = app::run(Arc::new(config), shutdown, metrics, std::io::stdout());
+    let services = app::Services { metrics_listener: listener, live_status };
+    let outcome = app::run(Arc::new(config), shutdown, metrics, std::io::stdout(), services);
     if let Some(s) = simulator {
         s.shutdown();
     }
@@ -122,7 +189,16 @@ fn run_ingest(args: &coinfeed::config::RunArgs) -> Exit {
             Exit::KeyRefused
         }
         Outcome::OutputFailed(msg) => {
-            log::error!("exiting with code {}: stdout failed: {msg}", Exit::Failure as u8);
+            log::error!("exiting with code {}: the output failed: {msg}", Exit::Failure as u8);
+            Exit::Failure
+        }
+        Outcome::ReplayDamaged(files) => {
+            log::error!(
+                "exiting with code {}: {} recording(s) damaged, replayed up to the damage: {}",
+                Exit::Failure as u8,
+                files.len(),
+                files.join("; ")
+            );
             Exit::Failure
         }
         Outcome::ThreadPanicked { thread, message } => {
@@ -161,7 +237,7 @@ fn start_simulator(config: &mut Config, rate: u64) -> Result<sim::Sim, String> {
 }
 
 fn run_sim(args: &sim::cli::SimArgs) -> Exit {
-    init_logging(log::LevelFilter::Info);
+    init_logging(log::LevelFilter::Info, false);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
@@ -191,8 +267,9 @@ fn install_interrupt_handler(shutdown: Arc<Shutdown>) -> Result<(), ctrlc::Error
     })
 }
 
-/// Logs go to stderr only; stdout belongs to the NDJSON output.
-fn init_logging(level: log::LevelFilter) {
+/// Logs go to stderr only; stdout belongs to the NDJSON output. Under a live status line each
+/// log line first erases it (the next redraw brings it back below).
+fn init_logging(level: log::LevelFilter, live_status: bool) {
     let config = simplelog::ConfigBuilder::new()
         .set_time_format_rfc3339()
         .set_thread_level(log::LevelFilter::Off)
@@ -200,5 +277,29 @@ fn init_logging(level: log::LevelFilter) {
         .set_location_level(log::LevelFilter::Off)
         .add_filter_allow_str("coinfeed")
         .build();
-    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
+    let _ = simplelog::WriteLogger::init(level, config, Stderr { live_status, line_start: true });
+}
+
+/// Stderr for the logger: with a live status line, the status is erased at the start of each
+/// log line, so a log never lands in the middle of it.
+struct Stderr {
+    live_status: bool,
+    line_start: bool,
+}
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        if self.live_status && self.line_start && !buf.is_empty() {
+            err.write_all(b"\r\x1b[2K")?;
+        }
+        err.write_all(buf)?;
+        if let Some(&last) = buf.last() {
+            self.line_start = last == b'\n';
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }

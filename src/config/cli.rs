@@ -2,6 +2,8 @@
 //! validates them; nothing else reads them. The binary flattens `RunArgs` into its command line
 //! beside the `sim` subcommand.
 
+use std::path::PathBuf;
+
 use clap::Parser;
 
 use crate::config::limits::*;
@@ -41,20 +43,6 @@ pub struct RunArgs {
     #[arg(long, value_name = "URL", default_value = "https://rest.coinapi.io", conflicts_with = "sim")]
     pub rest_url: String,
 
-    /// Worker threads that decode and format messages [default: available cores].
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-
-    /// Memory, in MiB, that messages waiting for the workers may take (all workers together).
-    /// A stall downstream is absorbed within it; only when it is full does the reader drop (and
-    /// count) messages rather than stop reading the socket.
-    #[arg(long, value_name = "N", default_value_t = BUFFER_MIB_DEFAULT)]
-    pub buffer_mib: u64,
-
-    /// Optional cap on each worker's queue, in messages, on top of --buffer-mib [default: none].
-    #[arg(long, value_name = "N")]
-    pub queue_capacity: Option<usize>,
-
     /// How long the reader may wait for room in a full buffer or queue before it starts dropping
     /// messages, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = QUEUE_WAIT_MS_DEFAULT)]
@@ -85,6 +73,70 @@ pub struct RunArgs {
     #[arg(long, value_name = "CREDITS")]
     pub recovery_budget: Option<u64>,
 
+    /// Seconds allowed for DNS, TCP, TLS and the WebSocket upgrade together.
+    #[arg(long, value_name = "SECS", default_value_t = CONNECT_TIMEOUT_S_DEFAULT)]
+    pub connect_timeout: f64,
+
+    /// Seconds without any message (data or heartbeat) after which the connection is declared
+    /// dead and replaced.
+    #[arg(long, value_name = "SECS", default_value_t = STALE_TIMEOUT_S_DEFAULT)]
+    pub stale_timeout: f64,
+
+    /// Longest wait between reconnection attempts, in seconds (exponential backoff with jitter).
+    #[arg(long, value_name = "SECS", default_value_t = BACKOFF_MAX_S_DEFAULT)]
+    pub backoff_max: f64,
+
+    /// Run against the built-in CoinAPI simulator on 127.0.0.1 instead of CoinAPI (no key needed).
+    #[arg(long)]
+    pub sim: bool,
+
+    /// Simulator only: data messages per second it sends (0 = as fast as possible).
+    #[arg(long, value_name = "N", default_value_t = 100, requires = "sim")]
+    pub sim_rate: u64,
+
+    /// Allow an unencrypted ws:// URL to a host that is not loopback (the API key would travel in
+    /// clear text).
+    #[arg(long)]
+    pub allow_insecure_ws: bool,
+
+    /// Also keep every raw frame read from the WebSocket, with its receive time and connection,
+    /// in FILE (a compact, versioned, append-only recording; rotated by --rotate like the
+    /// output), for `coinfeed replay`. The recorder never slows the reader: a frame it cannot
+    /// queue is counted (record_dropped), not waited for.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+/// Compression of the files under --output-dir.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressArg {
+    /// Zstandard (level 3): `.ndjson.zst`.
+    Zstd,
+    /// gzip: `.ndjson.gz`.
+    Gzip,
+}
+
+/// The flags of everything after the socket: workers, buffer, books, output, metrics, logging.
+/// Shared by a live run and `coinfeed replay`.
+#[derive(clap::Args, Debug)]
+pub struct PipelineArgs {
+    /// Worker threads that decode and format messages [default: available cores].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Memory, in MiB, that messages waiting for the workers may take (all workers together).
+    /// A stall downstream is absorbed within it; only when it is full does the reader drop (and
+    /// count) messages rather than stop reading the socket.
+    #[arg(long, value_name = "N", default_value_t = BUFFER_MIB_DEFAULT)]
+    pub buffer_mib: u64,
+
+    /// Optional cap on each worker's queue, in messages, on top of --buffer-mib [default: none].
+    #[arg(long, value_name = "N")]
+    pub queue_capacity: Option<usize>,
+
     /// What `book` subscriptions write: `raw` CoinAPI's messages as they come (snapshot, then
     /// deltas), `top` a `book_top` line of each symbol's exact book whenever its top
     /// --book-depth levels change, or `both`.
@@ -109,18 +161,36 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = BOOK_MAX_BOOKS_DEFAULT)]
     pub book_max_books: u64,
 
-    /// Seconds allowed for DNS, TCP, TLS and the WebSocket upgrade together.
-    #[arg(long, value_name = "SECS", default_value_t = CONNECT_TIMEOUT_S_DEFAULT)]
-    pub connect_timeout: f64,
+    /// Write the output into files in DIR instead of stdout: DIR/coinfeed-<UTC start>.ndjson,
+    /// named `.part` while written and renamed once complete (after fsync), so a job that
+    /// picks up files only ever sees finished ones.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
 
-    /// Seconds without any message (data or heartbeat) after which the connection is declared
-    /// dead and replaced.
-    #[arg(long, value_name = "SECS", default_value_t = STALE_TIMEOUT_S_DEFAULT)]
-    pub stale_timeout: f64,
+    /// Start a new file every period, on UTC boundaries (30s, 15m, 1h, 1d), or once a file
+    /// holds a size (64KiB, 512MiB, 1GiB; compressed bytes with --compress). Applies to
+    /// --output-dir and --record [default: one file per run].
+    #[arg(long, value_name = "WHEN")]
+    pub rotate: Option<String>,
 
-    /// Longest wait between reconnection attempts, in seconds (exponential backoff with jitter).
-    #[arg(long, value_name = "SECS", default_value_t = BACKOFF_MAX_S_DEFAULT)]
-    pub backoff_max: f64,
+    /// Compress the files under --output-dir.
+    #[arg(long, value_name = "CODEC", value_enum, requires = "output_dir")]
+    pub compress: Option<CompressArg>,
+
+    /// Stop after N market-data lines (trade, quote, book, ohlcv, ..., REST-recovered and
+    /// book_top lines; not control lines) are written, and exit 0.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+
+    /// Serve Prometheus metrics (GET /metrics) and a health check (GET /health: 200 when
+    /// connected and fresh, 503 with the reason otherwise) on ADDR, e.g. 127.0.0.1:9899.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
+    /// Allow --metrics-listen on an address that is not loopback (the page is served to anyone
+    /// who can reach it).
+    #[arg(long, requires = "metrics_listen")]
+    pub allow_remote_metrics: bool,
 
     /// Seconds between health lines on stderr; 0 turns them off.
     #[arg(long, value_name = "SECS", default_value_t = HEALTH_INTERVAL_S_DEFAULT)]
@@ -133,17 +203,23 @@ pub struct RunArgs {
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
+}
 
-    /// Run against the built-in CoinAPI simulator on 127.0.0.1 instead of CoinAPI (no key needed).
+/// `coinfeed replay`: the pipeline run from recordings instead of a socket.
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    /// Recording files written by --record, replayed in the order given.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+
+    /// Replay at X times the recorded pace (2 = twice as fast).
+    #[arg(long, value_name = "X", default_value_t = 1.0, conflicts_with = "max")]
+    pub speed: f64,
+
+    /// Replay as fast as the pipeline goes (for benchmarks and quick re-runs).
     #[arg(long)]
-    pub sim: bool,
+    pub max: bool,
 
-    /// Simulator only: data messages per second it sends (0 = as fast as possible).
-    #[arg(long, value_name = "N", default_value_t = 100, requires = "sim")]
-    pub sim_rate: u64,
-
-    /// Allow an unencrypted ws:// URL to a host that is not loopback (the API key would travel in
-    /// clear text).
-    #[arg(long)]
-    pub allow_insecure_ws: bool,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
 }

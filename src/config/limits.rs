@@ -158,6 +158,12 @@ pub const SECONDS: &[SecondsRange] = &[
 
 /// The most REST requests per second `--recovery-rps` may ask for.
 pub const RECOVERY_RPS_MAX: f64 = 100.0;
+/// Frames (and connection events) waiting for the recorder (`--record`): about 2 s of a busy
+/// feed; a frame shares its read chunk, so the queue holds at most a few MiB. Full: the frame
+/// is counted as `record_dropped`, never waited for.
+pub const RECORD_QUEUE_FRAMES: usize = 32_768;
+/// The fastest paced replay (`--speed`); `--max` has no pace at all.
+pub const REPLAY_SPEED_MAX: f64 = 1_000.0;
 
 // ---- Fixed bounds ----
 

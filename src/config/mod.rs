@@ -9,7 +9,8 @@
 //! and never appears in Debug output.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tungstenite::http::Uri;
@@ -18,9 +19,10 @@ use crate::wire::DataType;
 
 pub mod cli;
 pub mod limits;
+pub mod units;
 
-pub use cli::{BookOutput, RunArgs};
-use limits::{Limits, MAX_MESSAGE_BYTES, MAX_SYMBOLS, RECOVERY_RPS_MAX};
+pub use cli::{BookOutput, CompressArg, PipelineArgs, ReplayArgs, RunArgs};
+use limits::{Limits, MAX_MESSAGE_BYTES, MAX_SYMBOLS, RECOVERY_RPS_MAX, REPLAY_SPEED_MAX};
 
 /// Default symbols when `--sim` is given without `--symbols`: the simulator serves these.
 pub const SIM_DEFAULT_SYMBOLS: &str =
@@ -148,6 +150,8 @@ pub struct RecoveryConfig {
     pub trades_limit: u32,
     /// Credits per rolling 24 h; `None` for no cap.
     pub budget: Option<u64>,
+    /// A replay: no REST request is made; every gap's recovery fails as `offline`.
+    pub offline: bool,
 }
 
 /// Everything the pipeline needs, validated. Passed explicitly; no global state.
@@ -160,6 +164,38 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// Run against the built-in simulator, sending this many messages per second.
     pub sim_rate: Option<u64>,
+    /// Where the frames come from.
+    pub source: Source,
+    pub output: OutputConfig,
+    pub serve: ServeConfig,
+}
+
+/// Where the pipeline's frames come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// The WebSocket, optionally recording every frame (`--record`).
+    Live { record: Option<PathBuf> },
+    /// Recordings, replayed in order at `pace` times the recorded pace (`None`: as fast as the
+    /// pipeline goes).
+    Replay { files: Vec<PathBuf>, pace: Option<f64> },
+}
+
+/// Where the lines go and when to stop writing them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputConfig {
+    /// Files under this directory instead of stdout.
+    pub dir: Option<PathBuf>,
+    /// Applies to `dir` and to a recording.
+    pub rotate: Option<units::Rotate>,
+    pub compress: Option<CompressArg>,
+    /// Stop after this many market-data lines.
+    pub limit: Option<u64>,
+}
+
+/// The metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A refused command line: which flag, what was wrong, what to do.
@@ -214,13 +250,6 @@ impl Config {
 
         let ws = parse_ws_url(&args.ws_url, args.allow_insecure_ws)?;
         let rest_url = parse_rest_url(&args.rest_url)?;
-
-        let n_workers = limits::check("--workers", args.workers.unwrap_or(n_cores.max(1)) as u64)? as usize;
-        let buffer_bytes = limits::check("--buffer-mib", args.buffer_mib)? << 20;
-        let queue_capacity = match args.queue_capacity {
-            Some(n) => Some(limits::check("--queue-capacity", n as u64)? as usize),
-            None => None,
-        };
         let queue_wait = Duration::from_millis(limits::check("--queue-wait-ms", args.queue_wait_ms)?);
         if !(args.recovery_rps.is_finite() && args.recovery_rps > 0.0 && args.recovery_rps <= RECOVERY_RPS_MAX) {
             return Err(err(
@@ -239,49 +268,28 @@ impl Config {
                 "omit it for no cap; to turn recovery off use a tiny budget such as 1",
             ));
         }
-        let books = BookConfig {
-            output: args.book_output,
-            depth: limits::check("--book-depth", args.book_depth)? as usize,
-            interval_ns: i128::from(limits::check("--book-interval-ms", args.book_interval_ms)?) * 1_000_000,
-            max_levels: limits::check("--book-max-levels", args.book_max_levels)? as usize,
-            max_books: limits::check("--book-max-books", args.book_max_books)? as usize,
-        };
-        if books.depth > books.max_levels {
-            return Err(err(
-                "--book-depth",
-                format!(
-                    "{} levels per line is more than the {} kept per side (--book-max-levels)",
-                    books.depth, books.max_levels
-                ),
-                "lower --book-depth or raise --book-max-levels",
-            ));
-        }
-        if books.kept() && !data_types.contains(&DataType::Book) {
+        let pipeline = parse_pipeline(&args.pipeline, n_cores, queue_wait)?;
+        if pipeline.books.kept() && !data_types.contains(&DataType::Book) {
             return Err(err(
                 "--book-output",
                 "books are kept from the `book` data type only, and --types does not include it",
                 "add book to --types (book5/20/50 are whole snapshots already), or drop --book-output",
             ));
         }
+        if args.record.as_ref().is_some_and(|p| p.file_name().is_none()) {
+            return Err(err(
+                "--record",
+                "needs a file name (a directory was given)",
+                "name the recording, e.g. --record /var/lib/coinfeed/feed.cfrec",
+            ));
+        }
         let exact = symbols.iter().all(|s| matches!(s, SymbolFilter::Exact(_))).then_some(symbols.len());
-        let limits = Limits::derive(exact, n_workers, trades_limit)?;
+        let limits = Limits::derive(exact, pipeline.n_workers, trades_limit)?;
         let recovery_timeout = limits::seconds("--recovery-timeout", args.recovery_timeout)?;
         let connect_timeout = limits::seconds("--connect-timeout", args.connect_timeout)?;
         let stale_timeout = limits::seconds("--stale-timeout", args.stale_timeout)?;
         let backoff_max = limits::seconds("--backoff-max", args.backoff_max)?;
-        let shutdown_timeout = limits::seconds("--shutdown-timeout", args.shutdown_timeout)?;
-        let health_interval = if args.health_interval == 0.0 {
-            None
-        } else {
-            Some(limits::seconds("--health-interval", args.health_interval)?)
-        };
-        let log_level = args.log_level.parse::<log::LevelFilter>().map_err(|_| {
-            err(
-                "--log-level",
-                format!("unknown level {:?}", args.log_level),
-                "use one of error, warn, info, debug, trace",
-            )
-        })?;
+        let (output, serve, log_level) = parse_output(&args.pipeline)?;
 
         Ok(Config {
             ingest: IngestConfig {
@@ -294,15 +302,7 @@ impl Config {
                 backoff_max,
                 max_message_bytes: MAX_MESSAGE_BYTES,
             },
-            pipeline: PipelineConfig {
-                n_workers,
-                buffer_bytes,
-                queue_capacity,
-                queue_wait,
-                health_interval,
-                shutdown_timeout,
-                books,
-            },
+            pipeline,
             recovery: RecoveryConfig {
                 rest_url,
                 api_key,
@@ -312,10 +312,66 @@ impl Config {
                 timeout: recovery_timeout,
                 trades_limit,
                 budget: args.recovery_budget,
+                offline: false,
             },
             limits,
             log_level,
             sim_rate: args.sim.then_some(args.sim_rate),
+            source: Source::Live { record: args.record.clone() },
+            output,
+            serve,
+        })
+    }
+
+    /// Validates the arguments of `coinfeed replay`. The connection's part of the config keeps
+    /// its defaults (nothing connects); recovery is offline: a replay makes no REST request.
+    pub fn from_replay_args(args: &ReplayArgs, n_cores: usize) -> Result<Config, ConfigError> {
+        let pace = if args.max {
+            None
+        } else if args.speed.is_finite() && args.speed > 0.0 && args.speed <= REPLAY_SPEED_MAX {
+            Some(args.speed)
+        } else {
+            return Err(err(
+                "--speed",
+                format!("must be a number above 0 and at most {REPLAY_SPEED_MAX} (got {})", args.speed),
+                "use --max to replay as fast as the pipeline goes",
+            ));
+        };
+        let pipeline = parse_pipeline(&args.pipeline, n_cores, Duration::ZERO)?;
+        let trades_limit = limits::RECOVERY_TRADES_LIMIT_DEFAULT;
+        let limits = Limits::derive(None, pipeline.n_workers, trades_limit)?;
+        let (output, serve, log_level) = parse_output(&args.pipeline)?;
+        let no_key = ApiKey::new(String::new());
+        let secs = |s: f64| Duration::from_secs_f64(s);
+        Ok(Config {
+            ingest: IngestConfig {
+                symbols: Vec::new(),
+                data_types: DataType::ALL.to_vec(),
+                ws: parse_ws_url("wss://ws.coinapi.io/v1/", false)?,
+                api_key: no_key.clone(),
+                connect_timeout: secs(limits::CONNECT_TIMEOUT_S_DEFAULT),
+                stale_timeout: secs(limits::STALE_TIMEOUT_S_DEFAULT),
+                backoff_max: secs(limits::BACKOFF_MAX_S_DEFAULT),
+                max_message_bytes: MAX_MESSAGE_BYTES,
+            },
+            pipeline,
+            recovery: RecoveryConfig {
+                rest_url: String::new(),
+                api_key: no_key,
+                rps: limits::RECOVERY_RPS_DEFAULT,
+                max_pending: limits::RECOVERY_MAX_PENDING_DEFAULT,
+                max_attempts: limits::RECOVERY_MAX_ATTEMPTS_DEFAULT,
+                timeout: secs(limits::RECOVERY_TIMEOUT_S_DEFAULT),
+                trades_limit,
+                budget: None,
+                offline: true,
+            },
+            limits,
+            log_level,
+            sim_rate: None,
+            source: Source::Replay { files: args.files.clone(), pace },
+            output,
+            serve,
         })
     }
 
@@ -325,6 +381,82 @@ impl Config {
         self.recovery.rest_url = parse_rest_url(rest_url)?;
         Ok(())
     }
+}
+
+/// The flags shared by a live run and a replay: workers, buffer, books, health, shutdown.
+fn parse_pipeline(args: &PipelineArgs, n_cores: usize, queue_wait: Duration) -> Result<PipelineConfig, ConfigError> {
+    let n_workers = limits::check("--workers", args.workers.unwrap_or(n_cores.max(1)) as u64)? as usize;
+    let buffer_bytes = limits::check("--buffer-mib", args.buffer_mib)? << 20;
+    let queue_capacity = match args.queue_capacity {
+        Some(n) => Some(limits::check("--queue-capacity", n as u64)? as usize),
+        None => None,
+    };
+    let books = BookConfig {
+        output: args.book_output,
+        depth: limits::check("--book-depth", args.book_depth)? as usize,
+        interval_ns: i128::from(limits::check("--book-interval-ms", args.book_interval_ms)?) * 1_000_000,
+        max_levels: limits::check("--book-max-levels", args.book_max_levels)? as usize,
+        max_books: limits::check("--book-max-books", args.book_max_books)? as usize,
+    };
+    if books.depth > books.max_levels {
+        return Err(err(
+            "--book-depth",
+            format!(
+                "{} levels per line is more than the {} kept per side (--book-max-levels)",
+                books.depth, books.max_levels
+            ),
+            "lower --book-depth or raise --book-max-levels",
+        ));
+    }
+    let shutdown_timeout = limits::seconds("--shutdown-timeout", args.shutdown_timeout)?;
+    let health_interval = if args.health_interval == 0.0 {
+        None
+    } else {
+        Some(limits::seconds("--health-interval", args.health_interval)?)
+    };
+    Ok(PipelineConfig { n_workers, buffer_bytes, queue_capacity, queue_wait, health_interval, shutdown_timeout, books })
+}
+
+/// Where the output goes, the metrics endpoint and the log level.
+fn parse_output(args: &PipelineArgs) -> Result<(OutputConfig, ServeConfig, log::LevelFilter), ConfigError> {
+    let rotate = match &args.rotate {
+        Some(text) => Some(
+            units::parse_rotate(text)
+                .map_err(|problem| err("--rotate", problem, "e.g. --rotate 1h (UTC hours) or --rotate 512MiB"))?,
+        ),
+        None => None,
+    };
+    if args.limit == Some(0) {
+        return Err(err("--limit", "must be at least 1 line", "omit it to run until stopped"));
+    }
+    let metrics_listen = match &args.metrics_listen {
+        Some(text) => {
+            let addr: SocketAddr = text.parse().map_err(|_| {
+                err(
+                    "--metrics-listen",
+                    format!("{text:?} is not an address with a port"),
+                    "write it as IP:PORT, e.g. 127.0.0.1:9899 (port 0: any free port)",
+                )
+            })?;
+            if !addr.ip().is_loopback() && !args.allow_remote_metrics {
+                return Err(err(
+                    "--metrics-listen",
+                    format!("{addr} is not a loopback address: anyone who can reach it could read the metrics"),
+                    "listen on 127.0.0.1, or pass --allow-remote-metrics if you really mean it",
+                ));
+            }
+            Some(addr)
+        }
+        None => None,
+    };
+    let log_level = args.log_level.parse::<log::LevelFilter>().map_err(|_| {
+        err("--log-level", format!("unknown level {:?}", args.log_level), "use one of error, warn, info, debug, trace")
+    })?;
+    Ok((
+        OutputConfig { dir: args.output_dir.clone(), rotate, compress: args.compress, limit: args.limit },
+        ServeConfig { metrics_listen },
+        log_level,
+    ))
 }
 
 fn parse_symbols(text: &str) -> Result<Vec<SymbolFilter>, ConfigError> {

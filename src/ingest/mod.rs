@@ -38,8 +38,12 @@ use crate::shutdown::Shutdown;
 use crate::wire::{self, DataType, FrameKind};
 
 pub mod backoff;
+pub mod record;
+pub mod recorder;
+pub mod replay;
 
 use backoff::{Backoff, BackoffPolicy};
+use recorder::Recorded;
 
 type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
@@ -106,6 +110,8 @@ pub struct Reader<'a> {
     resubscribe: Vec<(DataType, String)>,
     /// When this connection last sent a scope message (subscribe/unsubscribe).
     last_scope_at: Option<Instant>,
+    /// `--record`: every text frame and connection event is offered here (never waited for).
+    recorder: Option<Sender<Recorded>>,
 }
 
 impl std::fmt::Debug for Reader<'_> {
@@ -142,7 +148,14 @@ impl<'a> Reader<'a> {
             resyncs,
             resubscribe: Vec::new(),
             last_scope_at: None,
+            recorder: None,
         }
+    }
+
+    /// Records every text frame and connection event into `recorder` (`--record`).
+    pub fn with_recorder(mut self, recorder: Option<Sender<Recorded>>) -> Self {
+        self.recorder = recorder;
+        self
     }
 
     pub fn run(mut self) -> ReaderExit {
@@ -159,6 +172,7 @@ impl<'a> Reader<'a> {
             }
             self.generation += 1;
             let generation = self.generation;
+            self.metrics.connection_generation.set(generation);
             let ws = match self.connect() {
                 Ok(ws) => ws,
                 Err(ConnectError::Stopped) => return ReaderExit::Stopped,
@@ -193,7 +207,10 @@ impl<'a> Reader<'a> {
             self.resubscribe.clear();
             self.last_scope_at = Some(Instant::now());
             self.lanes.connected(generation, unix_now_ns());
+            self.metrics.connected.set(1);
+            self.metrics.last_message_unix_ms.set(unix_now_ns() as u64 / 1_000_000);
             let end = self.session(ws);
+            self.metrics.connected.set(0);
             match end {
                 SessionEnd::Stop => {
                     self.connection_line(ConnectionEvent::Disconnected, "shutdown");
@@ -369,9 +386,10 @@ impl<'a> Reader<'a> {
                 Ok(Message::Text(text)) => {
                     active = true;
                     frames_since_clock += 1;
+                    let recv_unix_ns = self.record(&text);
                     match wire::classify(text.as_bytes()) {
                         FrameKind::Data => {
-                            if !self.dispatch(text) {
+                            if !self.dispatch(text, recv_unix_ns) {
                                 return SessionEnd::PipelineGone;
                             }
                         }
@@ -440,6 +458,7 @@ impl<'a> Reader<'a> {
                     active = false;
                     last_activity = now;
                     self.backoff.on_data(now);
+                    self.metrics.last_message_unix_ms.set(unix_now_ns() as u64 / 1_000_000);
                 } else if now.duration_since(last_activity) > self.config.stale_timeout {
                     let why = format!(
                         "no message for {:.1}s (stale timeout {:.1}s)",
@@ -490,13 +509,28 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Counts one data frame, stamps it and hands it to its worker (see `Lanes::dispatch`).
-    /// False if the workers are gone.
-    fn dispatch(&mut self, text: Utf8Bytes) -> bool {
+    /// Counts one data frame, stamps it (with `recv_unix_ns` when the recorder already read the
+    /// clock for it, so the recording and the line agree) and hands it to its worker (see
+    /// `Lanes::dispatch`). False if the workers are gone.
+    fn dispatch(&mut self, text: Utf8Bytes, recv_unix_ns: Option<i128>) -> bool {
         self.metrics.received.add(1);
         self.dispatched += 1;
         crate::fault::maybe_panic("reader", self.dispatched);
-        self.lanes.dispatch(text, self.generation, unix_now_ns) != Dispatch::Gone
+        let stamp = || recv_unix_ns.unwrap_or_else(unix_now_ns);
+        self.lanes.dispatch(text, self.generation, stamp) != Dispatch::Gone
+    }
+
+    /// Offers a text frame to the recorder (when recording) with its receive time, which it
+    /// returns for the frame's line. A full recorder queue is a counted drop: the reader never
+    /// waits for the disk.
+    fn record(&mut self, text: &Utf8Bytes) -> Option<i128> {
+        let recorder = self.recorder.as_ref()?;
+        let recv_unix_ns = unix_now_ns();
+        let frame = Recorded::Frame { recv_unix_ns, generation: self.generation, text: text.clone() };
+        if recorder.try_send(frame).is_err() {
+            self.metrics.record_dropped.add(1);
+        }
+        Some(recv_unix_ns)
     }
 
     /// Sends a WebSocket close and drives the close handshake for at most `CLOSE_WAIT`; data
@@ -506,8 +540,9 @@ impl<'a> Reader<'a> {
         let deadline = Instant::now() + CLOSE_WAIT;
         while Instant::now() < deadline {
             match ws.read() {
-                Ok(Message::Text(text)) if wire::classify(text.as_bytes()) == FrameKind::Data => {
-                    if !self.dispatch(text) {
+                Ok(Message::Text(text)) => {
+                    let recv_unix_ns = self.record(&text);
+                    if wire::classify(text.as_bytes()) == FrameKind::Data && !self.dispatch(text, recv_unix_ns) {
                         return SessionEnd::PipelineGone;
                     }
                 }
@@ -527,10 +562,23 @@ impl<'a> Reader<'a> {
             url: &self.config.ws.url,
             reason: Some(reason).filter(|r| !r.is_empty()),
         };
+        let at_unix_ns = unix_now_ns();
         let mut batch = Batch::with_capacity(256);
-        batch.push_control(&line, self.timestamps.format(unix_now_ns()));
+        batch.push_control(&line, self.timestamps.format(at_unix_ns));
         if self.control.send_timeout(batch, CONTROL_WAIT).is_err() {
             self.metrics.control_lines_lost.add(1);
+        }
+        if let Some(recorder) = &self.recorder {
+            let event = Recorded::Connection {
+                at_unix_ns,
+                generation: self.generation,
+                event,
+                url: self.config.ws.url.clone(),
+                reason: reason.to_string(),
+            };
+            if recorder.try_send(event).is_err() {
+                self.metrics.record_dropped.add(1);
+            }
         }
     }
 }

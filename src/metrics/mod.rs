@@ -1,6 +1,7 @@
 //! The one metrics registry: every counter and gauge of the pipeline is declared once below
-//! (name, help, kind, where it is shown), and the health line, the final summary and the
-//! Prometheus endpoint of the next stage are all rendered from that one table (`text.rs`).
+//! (name, help, kind, where it is shown), and the health line, the final summary (`text.rs`)
+//! and the Prometheus page (`prometheus.rs`, served by `http.rs`) are all rendered from that one
+//! table.
 //!
 //! Values are relaxed atomics written on the hot path and read only for reports. The accounting
 //! identity the tests check: every data frame the reader received is either dropped by the reader
@@ -21,7 +22,9 @@ use parking_lot::Mutex;
 
 use crate::config::limits::DROP_SYMBOLS_MAX;
 
+pub mod http;
 pub mod proc;
+pub mod prometheus;
 pub mod text;
 
 /// A value that only goes up, or one that is set.
@@ -307,6 +310,8 @@ registry! {
     memory_returns: Counter, Summary;
     /// Symbols that sent data before but none for a minute (summed over workers).
     silent_symbols: Gauge, Health;
+    /// Prometheus pages served (GET /metrics answered in full).
+    metrics_scrapes: Counter, Summary;
 }
 
 impl Metrics {

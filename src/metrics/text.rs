@@ -72,6 +72,38 @@ pub fn summary_line(now: &Snapshot, uptime: Duration, top_drops: &[(String, u64)
     s
 }
 
+/// The live status line for a terminal (redrawn in place once a second): the figures an
+/// operator watches, short enough for one line of a terminal.
+pub fn status_line(
+    now: &Snapshot,
+    prev: &Snapshot,
+    elapsed: Duration,
+    depths: &[u64],
+    buffer: (u64, u64),
+    memory: Memory,
+) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let rate = now.received.saturating_sub(prev.received) as f64 / secs;
+    let queued: u64 = depths.iter().sum();
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    let mut s = format!(
+        "{rate:.0} msg/s | written {} | dropped {} | queued {queued} ({:.1}/{:.0} MiB) | gaps {} | recovery {} pending {} ok {} failed | reconnects {}",
+        now.written + now.recovered_written + now.book_top_lines,
+        now.dropped,
+        mib(buffer.0),
+        mib(buffer.1),
+        now.gaps + now.reconnect_gaps,
+        now.recovery_pending,
+        now.recovery_ok,
+        now.recovery_failed,
+        now.reconnects,
+    );
+    if let Some((rss, _)) = memory {
+        let _ = write!(s, " | rss {:.1} MiB", rss as f64 / 1024.0);
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +141,17 @@ mod tests {
             };
             assert!(shown || def.name.starts_with("rate_limit") || def.name.starts_with("last_429"), "{}", def.name);
         }
+    }
+
+    #[test]
+    fn the_status_line_names_what_an_operator_watches() {
+        let prev = Snapshot { received: 100, ..Snapshot::default() };
+        let now = Snapshot { received: 1_100, written: 990, dropped: 3, recovery_pending: 2, ..Snapshot::default() };
+        let line = status_line(&now, &prev, Duration::from_secs(1), &[4, 1], (3 << 20, 64 << 20), Some((20_480, 0)));
+        assert_eq!(
+            line,
+            "1000 msg/s | written 990 | dropped 3 | queued 5 (3.0/64 MiB) | gaps 0 | recovery 2 pending 0 ok 0 failed | reconnects 0 | rss 20.0 MiB"
+        );
+        assert!(!line.contains('\n'));
     }
 }

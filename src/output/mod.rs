@@ -3,4 +3,5 @@
 //! given).
 
 pub mod ndjson;
+pub mod sink;
 pub mod writer;

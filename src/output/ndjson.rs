@@ -165,6 +165,40 @@ impl TimestampFormatter {
     }
 }
 
+/// The byte length of the first lines of `batch` that hold at most `n` market-data lines (every
+/// line but control lines), and the lines of each kind in them: what `--limit` lets through of
+/// the batch that reaches it. Market-data lines are exactly those ending in `,"source":"ws"}`,
+/// `,"source":"rest"}` or `,"source":"book"}`: a control line never can, because a `"` inside
+/// a JSON string value is always escaped as `\"`.
+pub fn data_lines_prefix(batch: &[u8], n: u64) -> (usize, LineCounts) {
+    let mut counts = LineCounts::default();
+    let mut end = 0usize;
+    for line_end in memchr::memchr_iter(b'\n', batch) {
+        let line = &batch[end..line_end];
+        let suffix = |source: &[u8]| line.strip_suffix(b"\"}").is_some_and(|l| l.ends_with(source));
+        let data = if suffix(b",\"source\":\"ws") {
+            Some(0)
+        } else if suffix(b",\"source\":\"rest") {
+            Some(1)
+        } else if suffix(b",\"source\":\"book") {
+            Some(2)
+        } else {
+            None
+        };
+        if data.is_some() && counts.data() == n {
+            break;
+        }
+        match data {
+            Some(0) => counts.market += 1,
+            Some(1) => counts.rest += 1,
+            Some(_) => counts.book_top += 1,
+            None => counts.control += 1,
+        }
+        end = line_end + 1;
+    }
+    (end, counts)
+}
+
 /// How many lines of each kind a batch holds.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LineCounts {
@@ -175,6 +209,13 @@ pub struct LineCounts {
     pub control: u64,
     /// `book_top` lines of kept books.
     pub book_top: u64,
+}
+
+impl LineCounts {
+    /// Market-data lines of every source (what `--limit` counts): all but control lines.
+    pub fn data(&self) -> u64 {
+        self.market + self.rest + self.book_top
+    }
 }
 
 /// Whole NDJSON lines, and how many of each kind they are.
@@ -878,5 +919,36 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&b.as_bytes()[..b.len() - 1]).expect("json");
         assert_eq!(v["reason"], "a \"b\"\n");
+    }
+
+    /// Proves `--limit`'s cut lets exactly n market-data lines through, keeps the control lines
+    /// before the n-th, and never cuts inside a line.
+    #[test]
+    fn the_limit_cut_counts_market_data_lines_only() {
+        let mut b = Batch::default();
+        b.push_market(br#"{"type":"trade","a":1}"#, "T");
+        b.push_control(
+            &ControlLine::Connection {
+                event: ConnectionEvent::Connected,
+                generation: 1,
+                url: "u",
+                reason: Some("a \"source\":\"ws\"}"),
+            },
+            "T",
+        );
+        b.push_rest(br#"{"uuid":"x"}"#, DataType::Trade, "S", "T");
+        b.push_market(br#"{"type":"quote"}"#, "T");
+        let bytes = b.as_bytes();
+        let lines: Vec<&[u8]> = bytes.split_inclusive(|&c| c == b'\n').collect();
+        let cut = |n| {
+            let (len, counts) = data_lines_prefix(bytes, n);
+            (len, counts.market, counts.rest, counts.control)
+        };
+        let len = |k: usize| lines[..k].iter().map(|l| l.len()).sum::<usize>();
+        assert_eq!(cut(0), (0, 0, 0, 0));
+        assert_eq!(cut(1), (len(2), 1, 0, 1), "the control line after it comes too");
+        assert_eq!(cut(2), (len(3), 1, 1, 1));
+        assert_eq!(cut(3), (bytes.len(), 2, 1, 1));
+        assert_eq!(cut(9), (bytes.len(), 2, 1, 1));
     }
 }

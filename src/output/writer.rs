@@ -1,20 +1,29 @@
-//! The writer thread: the only code that touches stdout (or whatever sink the pipeline was
-//! given). It receives whole-line batches from the workers and the reader and writes each with
-//! one `write_all`, so a line is never split and the output never interleaves.
+//! The writer thread: the only code that writes the output, to stdout or to rotating files
+//! (`sink.rs`). It receives whole-line batches from the workers and the reader and writes each
+//! with one `write_all`, so a line is never split (nor split across two files) and the output
+//! never interleaves. With `--limit N` it writes exactly N market-data lines (cutting the last
+//! batch at a line boundary) and stops the run.
 //!
 //! Batches are cut by their producers when they reach `BATCH_BYTES` or when the producer goes
 //! idle, so at low rates a line reaches the sink as soon as it is formed (a `tail -f` sees it at
 //! once) and at high rates a syscall carries tens of KiB. A closed pipe (EPIPE) is a normal end:
 //! `coinfeed | head -5` stops cleanly and quietly. The line counts come from the batches
 //! themselves (`Batch::lines`) and are added to the metrics only once the bytes are written.
+//! When no batch comes for a second it lets the files rotate on time (`Sink::tick`).
 
 use std::io::{ErrorKind, Write};
+use std::time::Duration;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::clock::unix_now_ns;
 use crate::metrics::Metrics;
-use crate::output::ndjson::Batch;
+use crate::output::ndjson::{data_lines_prefix, Batch, LineCounts};
+use crate::output::sink::Sink;
 use crate::shutdown::Shutdown;
+
+/// How long the writer waits for a batch before it lets a time rotation happen.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// How the writer ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,45 +32,117 @@ pub enum WriterExit {
     Drained,
     /// The reading end of stdout went away; treated as a clean stop.
     OutputClosed,
+    /// `--limit` market-data lines were written: a clean stop.
+    LimitReached,
     /// Any other write error (disk full, ...): the pipeline stops with an error.
     Failed(String),
 }
 
-pub fn run<W: Write>(rx: Receiver<Batch>, mut out: W, metrics: &Metrics, shutdown: &Shutdown) -> WriterExit {
+/// Writes every batch to `sink` until the producers are gone, `limit` market-data lines are
+/// written, or a write fails.
+pub fn run<W: Write>(
+    rx: Receiver<Batch>,
+    mut sink: Sink<W>,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+    limit: Option<u64>,
+) -> WriterExit {
     let mut batches: u64 = 0;
-    for batch in rx.iter() {
+    let mut data_written: u64 = 0;
+    loop {
+        let batch = match rx.recv_timeout(IDLE_TICK) {
+            Ok(batch) => batch,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(e) = sink.tick(unix_now_ns()) {
+                    return failed(e, &sink, LineCounts::default(), &rx, metrics, shutdown);
+                }
+                metrics.files_finished.set(sink.files_finished());
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         batches += 1;
         crate::fault::maybe_panic("writer", batches);
-        if let Err(e) = out.write_all(batch.as_bytes()).and_then(|()| {
+        let mut lines = batch.lines();
+        let mut bytes = batch.as_bytes();
+        let left = limit.map(|n| n - data_written);
+        if let Some(left) = left.filter(|&left| lines.data() >= left) {
+            let (len, counts) = data_lines_prefix(bytes, left);
+            bytes = &bytes[..len];
+            lines = counts;
+        }
+        if let Err(e) = sink.write_batch(bytes, lines.data() + lines.control, unix_now_ns()).and_then(|()| {
             // Flush only when nothing else is queued: batches are large, and an idle flush is
             // what bounds latency for a slow feed.
             if rx.is_empty() {
-                out.flush()
+                sink.flush()
             } else {
                 Ok(())
             }
         }) {
-            shutdown.request();
-            return if e.kind() == ErrorKind::BrokenPipe {
-                log::info!("stdout was closed by the reader; stopping");
-                WriterExit::OutputClosed
-            } else {
-                log::error!("cannot write to stdout: {e}; stopping");
-                WriterExit::Failed(e.to_string())
-            };
+            return failed(e, &sink, batch.lines(), &rx, metrics, shutdown);
         }
-        let lines = batch.lines();
         metrics.written.add(lines.market);
         metrics.recovered_written.add(lines.rest);
         metrics.control_lines.add(lines.control);
         metrics.book_top_lines.add(lines.book_top);
-        metrics.bytes_written.add(batch.len() as u64);
+        metrics.bytes_written.add(bytes.len() as u64);
+        metrics.files_finished.set(sink.files_finished());
+        data_written += lines.data();
+        if limit == Some(data_written) {
+            log::info!("--limit reached: {data_written} market-data lines written; stopping");
+            shutdown.request();
+            return match sink.finish() {
+                Ok(files) => {
+                    metrics.files_finished.set(files);
+                    WriterExit::LimitReached
+                }
+                Err(e) => WriterExit::Failed(e.to_string()),
+            };
+        }
     }
-    match out.flush() {
-        Ok(()) => WriterExit::Drained,
+    match sink.finish() {
+        Ok(files) => {
+            metrics.files_finished.set(files);
+            WriterExit::Drained
+        }
         Err(e) if e.kind() == ErrorKind::BrokenPipe => WriterExit::OutputClosed,
         Err(e) => WriterExit::Failed(e.to_string()),
     }
+}
+
+/// A write failed: a closed pipe is a clean stop; anything else stops the run, saying what was
+/// lost (the batch that failed and every line still queued) and what is intact.
+fn failed<W: Write>(
+    e: std::io::Error,
+    sink: &Sink<W>,
+    failed_batch: LineCounts,
+    rx: &Receiver<Batch>,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> WriterExit {
+    shutdown.request();
+    if e.kind() == ErrorKind::BrokenPipe {
+        log::info!("stdout was closed by the reader; stopping");
+        return WriterExit::OutputClosed;
+    }
+    let queued: u64 = rx.try_iter().map(|b| b.lines().data() + b.lines().control).sum();
+    let batch = failed_batch.data() + failed_batch.control;
+    match sink.status() {
+        None => log::error!(
+            "cannot write to stdout: {e}; stopping: this batch ({batch} lines) and {queued} queued lines are not written"
+        ),
+        Some(status) => {
+            let part = status.part.map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into());
+            log::error!(
+                "cannot write the output: {e}; stopping: the {} files finished are intact; {part} is left as it is, with the {} lines written before the failure; this batch ({batch} lines) and {queued} queued lines are not written",
+                status.finished,
+                status.lines,
+            );
+        }
+    }
+    metrics.files_finished.set(sink.files_finished());
+    WriterExit::Failed(e.to_string())
 }
 
 #[cfg(test)]
@@ -101,7 +182,7 @@ mod tests {
         tx.send(control).expect("send");
         drop(tx);
         let mut out = Vec::new();
-        assert_eq!(run(rx, &mut out, &metrics, &shutdown), WriterExit::Drained);
+        assert_eq!(run(rx, Sink::Stream(&mut out), &metrics, &shutdown, None), WriterExit::Drained);
         let text = String::from_utf8(out.clone()).expect("utf8");
         assert_eq!(text.lines().count(), 3);
         assert!(text.starts_with("{\"a\":1,\"recv_time\":\"T\",\"source\":\"ws\"}\n"), "{text}");
@@ -116,7 +197,7 @@ mod tests {
         let metrics = Metrics::new(1);
         let shutdown = Shutdown::new();
         tx.send(market(&["{}"])).expect("send");
-        assert_eq!(run(rx, ClosedPipe, &metrics, &shutdown), WriterExit::OutputClosed);
+        assert_eq!(run(rx, Sink::Stream(ClosedPipe), &metrics, &shutdown, None), WriterExit::OutputClosed);
         assert!(shutdown.is_requested());
         assert_eq!(metrics.snapshot().written, 0, "nothing was written, nothing is counted");
     }

@@ -42,6 +42,9 @@ pub struct Recovery<'a> {
     pub lanes: RecoveryLanes<'a>,
     pub metrics: &'a Metrics,
     pub shutdown: &'a Shutdown,
+    /// A replay: no request is made; the keys wait for the end of the run and are reported
+    /// as `offline` then.
+    pub offline: bool,
 }
 
 impl std::fmt::Debug for Recovery<'_> {
@@ -55,6 +58,11 @@ impl Recovery<'_> {
         let mut stopped_logged = false;
         let mut over_budget_logged = false;
         while !self.shutdown.is_requested() {
+            if self.offline {
+                self.metrics.recovery_pending.set(self.handle.queue.lock().pending() as u64);
+                self.sleep(IDLE_WAIT);
+                continue;
+            }
             let now = Instant::now();
             let poll = {
                 let mut q = self.handle.queue.lock();
@@ -92,7 +100,9 @@ impl Recovery<'_> {
         }
         let (pending, reason) = {
             let mut q = self.handle.queue.lock();
-            let reason = if q.is_stopped() {
+            let reason = if self.offline {
+                Unrecovered::Offline
+            } else if q.is_stopped() {
                 Unrecovered::RestRefused
             } else if q.over_budget(Instant::now()) {
                 Unrecovered::BudgetSpent

@@ -134,7 +134,12 @@ pub fn bin() -> &'static str {
 impl Feed {
     /// Starts coinfeed with `args` (the simulator's URLs are the caller's business).
     pub fn start(args: &[String], opts: FeedOptions) -> Feed {
-        let mut cmd = Command::new(bin());
+        Feed::start_program(bin(), args, opts)
+    }
+
+    /// Starts `program` (coinfeed, or a shell that execs it under limits) with `args`.
+    pub fn start_program(program: &str, args: &[String], opts: FeedOptions) -> Feed {
+        let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.env_remove("COINAPI_KEY");
         if let Some(k) = &opts.key {

@@ -9,6 +9,8 @@ mod failures;
 mod gaps;
 mod harness;
 mod lifecycle;
+mod metrics_endpoint;
+mod operations;
 mod protocol_faults;
 mod recovery;
 mod shutdown;
