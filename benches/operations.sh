@@ -33,16 +33,16 @@ ws=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ws_url"])'
 rest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rest_url"])' "$work/sim.json")
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# Scrapes http://127.0.0.1:$1/metrics every $2 seconds until killed; prints the median
-# client-side time per scrape (connect, request, whole page) when it ends.
-scraper() {
-    python3 - "$1" "$2" <<'PY'
+# The scraper: GETs http://127.0.0.1:PORT/metrics every EVERY seconds until SIGTERM, then prints
+# the median client-side time per scrape (connect, request, the whole page).
+scraper_py='
 import signal, socket, statistics, sys, time
 port, every = int(sys.argv[1]), float(sys.argv[2])
 times = []
 def report(*_):
     if times:
-        print(f"scrapes={len(times)} median_us={statistics.median(times):.0f} p99_us={sorted(times)[int(len(times)*0.99)]:.0f}", flush=True)
+        times.sort()
+        print(f"scrapes={len(times)} median_us={statistics.median(times):.0f} p99_us={times[int(len(times) * 0.99)]:.0f}", flush=True)
     sys.exit(0)
 signal.signal(signal.SIGTERM, report)
 while True:
@@ -57,8 +57,7 @@ while True:
     except OSError:
         pass
     time.sleep(every)
-PY
-}
+'
 
 # run VARIANT ARGS...: one coinfeed run of N messages; prints its figures.
 run() {
@@ -90,7 +89,7 @@ for round in $(seq "$ROUNDS"); do
     echo "-- round $round"
     run live "$bin" "${common[@]}"
     port=$(free_port)
-    scraper "$port" 0.1 > "$work/scrape" & sp=$!
+    python3 -c "$scraper_py" "$port" 0.1 > "$work/scrape" & sp=$!
     run live+scrape "$bin" "${common[@]}" --metrics-listen "127.0.0.1:$port"
     kill -TERM $sp; wait $sp 2>/dev/null || true; echo "               $(cat "$work/scrape")"
     mkdir -p "$work/r$round"
@@ -114,7 +113,7 @@ import collections, re, statistics, sys
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     name = line.split()[0]
-    rows[name].append({k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)})
+    rows[name].append({k: float(v) for k, v in re.findall(r"(\w+)=\s*([\d.]+)", line)})
 for name, rs in rows.items():
     med = lambda k: statistics.median(r[k] for r in rs)
     print(f"{name:<14} msg_s={med('msg_s'):9.0f} cpu_s={med('cpu_s'):6.2f} peak_rss_mib={med('peak_rss_mib'):6.1f}  ({len(rs)} runs)")

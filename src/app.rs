@@ -14,6 +14,7 @@ use std::any::Any;
 use std::io::Write;
 use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread::{self, Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
@@ -22,10 +23,10 @@ use crossbeam_channel::RecvTimeoutError;
 use parking_lot::Mutex;
 
 use crate::clock::unix_now_ns;
-use crate::config::limits::{RECORD_QUEUE_FRAMES, WRITER_QUEUE_PER_PRODUCER};
+use crate::config::limits::{RECORD_QUEUE_CHUNKS, WRITER_QUEUE_PER_PRODUCER};
 use crate::config::{CompressArg, Config, Source};
 use crate::ingest::record;
-use crate::ingest::recorder::{self, Recorded};
+use crate::ingest::recorder;
 use crate::ingest::replay::{Replay, ReplayExit};
 use crate::ingest::{Reader, ReaderExit};
 use crate::lanes::{self, Budget, Resyncs};
@@ -135,7 +136,7 @@ pub fn run<W: Write + Send + 'static>(
         match stop_deadline {
             None if shutdown.is_requested() => {
                 stop_deadline = Some(now + pc.shutdown_timeout);
-                log::info!("stopping: closing the connection and writing what is queued");
+                log::info!("stopping: closing the source and writing what is queued");
                 // Interrupts a REST request in flight so it cannot hold the stop up.
                 if let Some(agent) = rest_agent.take() {
                     agent.shutdown();
@@ -254,9 +255,13 @@ impl StatusLine {
             (budget.used(), budget.max()),
             proc::memory_kib(),
         );
-        // `\r` and erase-line: the line is rewritten where it is (on stderr, never stdout).
+        // `\r` and erase-line: the line is rewritten where it is (on stderr, never stdout), with
+        // autowrap off while it is drawn, so a terminal narrower than the line clips it instead
+        // of wrapping it onto a second row the next redraw would not erase. One write, under
+        // stderr's lock: the logger writes whole lines the same way, so neither splits the other.
+        let text = format!("\r\x1b[2K\x1b[?7l{line}\x1b[?7h");
         let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[2K{line}").and_then(|()| err.flush());
+        let _ = err.write_all(text.as_bytes()).and_then(|()| err.flush());
         self.last = Some((now, snap));
     }
 
@@ -325,6 +330,13 @@ fn run_threads<W: Write + Send>(
     let books = config.pipeline.books;
     let resyncs = Resyncs::new(config.limits.symbols_total);
     let resyncs = &resyncs;
+    let replay = matches!(config.source, Source::Replay { .. });
+    let (record_tx, rx) = crossbeam_channel::bounded::<recorder::Chunk>(RECORD_QUEUE_CHUNKS);
+    let mut record_rx = Some(rx);
+    let record_queue = recorder::Queue { tx: record_tx, bytes: AtomicU64::new(0) };
+    let record_queue = &record_queue;
+    let source_done = Shutdown::new();
+    let source_done = &source_done;
 
     let limit = config.output.limit;
     let (reader_exit, writer_exit) = thread::scope(|s| {
@@ -335,16 +347,13 @@ fn run_threads<W: Write + Send>(
             let rules = HealthRules { stale_timeout: config.ingest.stale_timeout, started };
             spawn(s, "metrics-http".into(), failure, shutdown, move || http::run(listener, metrics, &rules, shutdown))
         });
-        let (record_tx, recording) = match recorder {
-            Some(files) => {
-                let (tx, rx) = crossbeam_channel::bounded::<Recorded>(RECORD_QUEUE_FRAMES);
-                (
-                    Some(tx),
-                    Some(spawn(s, "recorder".into(), failure, shutdown, move || recorder::run(rx, files, metrics))),
-                )
-            }
-            None => (None, None),
-        };
+        let recording = recorder.map(|files| {
+            let rx = record_rx.take().expect("one recorder");
+            spawn(s, "recorder".into(), failure, shutdown, move || {
+                recorder::run(rx, record_queue, files, metrics, source_done)
+            })
+        });
+        let record_tap = recording.is_some().then_some(record_queue);
         let workers: Vec<_> = worker_rxs
             .into_iter()
             .enumerate()
@@ -354,18 +363,29 @@ fn run_threads<W: Write + Send>(
                     Worker::new(id, limits, metrics)
                         .with_recovery(recovery_handle, resyncs)
                         .with_books(books)
+                        .with_replay_clock(replay)
                         .run(rx, tx, budget)
                 })
             })
             .collect();
         let offline = config.recovery.offline;
-        let recovery =
-            Recovery { handle: recovery_handle, client: rest, lanes: recovery_lanes, metrics, shutdown, offline };
+        // The recovery thread stops when the source of frames has ended (a replay's files are
+        // read; the reader stopped), not at the stop request: the workers still drain then.
+        let recovery = Recovery {
+            handle: recovery_handle,
+            client: rest,
+            lanes: recovery_lanes,
+            metrics,
+            shutdown,
+            source_done,
+            offline,
+        };
         let recovery = spawn(s, "recovery".into(), failure, shutdown, move || recovery.run());
         let reader = match &config.source {
             Source::Live { .. } => spawn(s, "reader".into(), failure, shutdown, move || {
+                let _done = RequestOnDrop(source_done);
                 let exit = Reader::new(&config.ingest, metrics, shutdown, lanes, writer_tx, resyncs)
-                    .with_recorder(record_tx)
+                    .with_recorder(record_tap)
                     .run();
                 // Whatever ended the reader ends the run: the recovery thread must let go of the
                 // workers' channels too.
@@ -376,8 +396,10 @@ fn run_threads<W: Write + Send>(
                 }
             }),
             Source::Replay { files, pace } => spawn(s, "replay".into(), failure, shutdown, move || {
+                // A replay's end is not a stop request: what is queued is written without the
+                // shutdown deadline (a full buffer through gzip can take longer than it).
+                let _done = RequestOnDrop(source_done);
                 let exit = Replay::new(files.clone(), *pace, metrics, shutdown, lanes, writer_tx).run();
-                shutdown.request();
                 match exit {
                     ReplayExit::Damaged(files) => Ended::Damaged(files),
                     _ => Ended::Clean,
@@ -390,6 +412,8 @@ fn run_threads<W: Write + Send>(
             let _ = w.join();
         }
         let writer_exit = writer.join().ok().flatten();
+        // Everything is written: what still runs (the endpoint) stops now.
+        shutdown.request();
         if let Some(recording) = recording {
             let _ = recording.join();
         }
@@ -407,6 +431,16 @@ fn run_threads<W: Write + Send>(
         (Some(Ended::KeyRefused(msg)), _) => Outcome::KeyRefused(msg),
         (Some(Ended::Damaged(files)), _) => Outcome::ReplayDamaged(files),
         _ => Outcome::Clean,
+    }
+}
+
+/// Requests a stop when dropped: the source's end is signalled however its thread ends, a
+/// panic included (the recovery thread and the recorder wait for it).
+struct RequestOnDrop<'a>(&'a Shutdown);
+
+impl Drop for RequestOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.request();
     }
 }
 
@@ -439,7 +473,12 @@ fn spawn<'scope, 'env, T: Send + 'scope>(
         }
     };
     // Spawning fails only when the OS refuses a thread, at start-up: nothing can run then.
-    thread::Builder::new().name(name).spawn_scoped(s, body).expect("the OS refused to start a pipeline thread")
+    thread::Builder::new().name(name).spawn_scoped(s, body).unwrap_or_else(|e| {
+        // The threads already running (the endpoint among them) must stop, or the scope would
+        // wait for them forever.
+        shutdown.request();
+        panic!("the OS refused to start a pipeline thread: {e}")
+    })
 }
 
 /// The text of a panic payload (`panic!` with a literal or a formatted message).

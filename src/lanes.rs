@@ -338,9 +338,10 @@ impl RecoveryLanes<'_> {
         let lane = &self.senders[w];
         let input = WorkerInput::Recovery(result);
         let cost = input.cost();
-        let deadline = Instant::now() + wait;
+        // `Duration::MAX` waits for as long as it takes.
+        let deadline = Instant::now().checked_add(wait);
         while self.message_cap.is_some_and(|cap| lane.len() >= cap) || !self.budget.try_charge_recovery(w, cost) {
-            if stop() || Instant::now() >= deadline {
+            if stop() || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(DeliveryError::Full);
             }
             std::thread::sleep(ROOM_POLL);
@@ -395,15 +396,15 @@ impl Lane {
     /// they are freed in the order its worker takes them, and a copy is a `memcpy` (a new chunk
     /// every `COPY_CHUNK_BYTES`), not an allocation per frame: one per frame, freed on another
     /// thread, measured 30% off the flood rate.
-    fn copy(&mut self, text: &Utf8Bytes) -> Utf8Bytes {
+    fn copy(&mut self, text: &str) -> Utf8Bytes {
         let bytes = text.as_bytes();
         if self.chunk.capacity() - self.chunk.len() < bytes.len() {
             self.chunk = BytesMut::with_capacity(COPY_CHUNK_BYTES.max(bytes.len()));
         }
         self.chunk.extend_from_slice(bytes);
         let copy = self.chunk.split().freeze();
-        // The bytes came from a `Utf8Bytes`: valid UTF-8, so this cannot fail.
-        Utf8Bytes::try_from(copy).unwrap_or_else(|_| text.clone())
+        // The bytes came from a `str`: valid UTF-8, so this cannot fail.
+        Utf8Bytes::try_from(copy).unwrap_or_else(|_| Utf8Bytes::from(text.to_string()))
     }
 }
 
@@ -554,7 +555,7 @@ impl<'a> Lanes<'a> {
             }
         }
         let queued = self.lanes[w].tx.len();
-        let text = if queued >= COPY_WHEN_QUEUED { self.lanes[w].copy(&text) } else { text };
+        let text = if queued >= COPY_WHEN_QUEUED { self.lanes[w].copy(text.as_str()) } else { text };
         let frame = Frame { text, recv_unix_ns: recv_unix_ns(), generation };
         if !self.send(w, WorkerInput::Frame(frame), cost) {
             return Dispatch::Gone;
@@ -565,10 +566,11 @@ impl<'a> Lanes<'a> {
 
     /// A replay's hand-off: like `dispatch`, but it waits for room for as long as it takes
     /// (nothing is lost by reading a file later) and never drops; `Gone` when `stop` says the
-    /// run is ending while it waits, or the worker is gone. The text is the replay's own copy.
+    /// run is ending while it waits, or the worker is gone. The text is copied into its lane's
+    /// chunk, as a waiting live frame is.
     pub fn dispatch_waiting(
         &mut self,
-        text: Utf8Bytes,
+        text: &str,
         generation: u64,
         recv_unix_ns: i128,
         stop: impl Fn() -> bool,
@@ -583,6 +585,7 @@ impl<'a> Lanes<'a> {
             std::thread::sleep(ROOM_POLL);
         }
         let queued = self.lanes[w].tx.len();
+        let text = self.lanes[w].copy(text);
         if !self.send(w, WorkerInput::Frame(Frame { text, recv_unix_ns, generation }), cost) {
             return Dispatch::Gone;
         }

@@ -22,8 +22,9 @@ use coinfeed_sim as sim;
 enum Exit {
     /// A clean stop: a signal, or stdout closed by its reader.
     Clean = 0,
-    /// A runtime failure: stdout write error, a thread that panicked, a stop past
-    /// `--shutdown-timeout`, the simulator could not start.
+    /// A runtime failure: an output write error (stdout, or a file under `--output-dir`), a
+    /// damaged recording in a replay, a thread that panicked, a stop past `--shutdown-timeout`,
+    /// the simulator could not start.
     Failure = 1,
     /// An invalid command line or a missing `COINAPI_KEY` (also clap's own usage errors).
     Usage = 2,
@@ -51,8 +52,9 @@ With --sim, coinfeed runs against its built-in CoinAPI simulator on 127.0.0.1 an
 Stop with Ctrl-C (or SIGTERM): reading stops, queued messages are written, a summary is logged, \
 exit code 0. A second Ctrl-C exits at once with code 130.",
     args_conflicts_with_subcommands = true,
-    after_help = "Exit codes: 0 clean stop (signal or closed stdout), 1 runtime failure, \
-2 invalid command line, 3 API key refused by CoinAPI, 130 second Ctrl-C. A thread that fails (panics) stops the run with exit 1.\n\n\
+    after_help = "Exit codes: 0 clean stop (signal, closed stdout, --limit reached, replay done), 1 runtime failure \
+(output write error such as a full disk, a damaged recording, a thread that panicked), 2 invalid command line or an unusable \
+--output-dir/--record/--metrics-listen, 3 API key refused by CoinAPI, 130 second Ctrl-C.\n\n\
 Example:\n  COINAPI_KEY=... coinfeed --symbols BITSTAMP_SPOT_BTC_USD,COINBASE_SPOT_ETH_USD --types trade,quote > feed.ndjson"
 )]
 struct Cli {
@@ -277,29 +279,32 @@ fn init_logging(level: log::LevelFilter, live_status: bool) {
         .set_location_level(log::LevelFilter::Off)
         .add_filter_allow_str("coinfeed")
         .build();
-    let _ = simplelog::WriteLogger::init(level, config, Stderr { live_status, line_start: true });
+    let _ = simplelog::WriteLogger::init(level, config, Stderr { live_status, line: Vec::with_capacity(512) });
 }
 
-/// Stderr for the logger: with a live status line, the status is erased at the start of each
-/// log line, so a log never lands in the middle of it.
+/// Stderr for the logger: each log line is written whole, with one write under stderr's lock
+/// (the status line is drawn the same way, so neither lands inside the other), and with a live
+/// status line it first erases that line.
 struct Stderr {
     live_status: bool,
-    line_start: bool,
+    line: Vec<u8>,
 }
 
 impl std::io::Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut err = std::io::stderr().lock();
-        if self.live_status && self.line_start && !buf.is_empty() {
-            err.write_all(b"\r\x1b[2K")?;
+        if self.line.is_empty() && self.live_status {
+            self.line.extend_from_slice(b"\r\x1b[2K");
         }
-        err.write_all(buf)?;
-        if let Some(&last) = buf.last() {
-            self.line_start = last == b'\n';
+        self.line.extend_from_slice(buf);
+        if buf.last() == Some(&b'\n') {
+            self.flush()?;
         }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
+        let mut err = std::io::stderr().lock();
+        err.write_all(&self.line)?;
+        self.line.clear();
+        err.flush()
     }
 }

@@ -158,11 +158,14 @@ pub const SECONDS: &[SecondsRange] = &[
 
 /// The most REST requests per second `--recovery-rps` may ask for.
 pub const RECOVERY_RPS_MAX: f64 = 100.0;
-/// Frames (and connection events) waiting for the recorder (`--record`): about 2 s of a busy
-/// feed; a frame shares its read chunk, so the queue holds at most a few MiB. Full: the frame
-/// is counted as `record_dropped`, never waited for.
-pub const RECORD_QUEUE_FRAMES: usize = 32_768;
-/// The fastest paced replay (`--speed`); `--max` has no pace at all.
+/// Chunks of encoded frames (64 KiB each, ~230 frames) waiting for the recorder (`--record`):
+/// 4 MiB, about a second of a busy feed's frames, a few seconds of a disk's hiccup. Full: the
+/// chunk's frames are counted as `record_dropped`, never waited for.
+pub const RECORD_QUEUE_CHUNKS: usize = 64;
+/// ...and at most this many bytes (a chunk with one 4 MiB frame counts as 64 ordinary ones).
+pub const RECORD_QUEUE_BYTES: u64 = 8 << 20;
+/// The slowest and fastest paced replay (`--speed`); `--max` has no pace at all.
+pub const REPLAY_SPEED_MIN: f64 = 0.001;
 pub const REPLAY_SPEED_MAX: f64 = 1_000.0;
 
 // ---- Fixed bounds ----

@@ -22,7 +22,7 @@ pub mod limits;
 pub mod units;
 
 pub use cli::{BookOutput, CompressArg, PipelineArgs, ReplayArgs, RunArgs};
-use limits::{Limits, MAX_MESSAGE_BYTES, MAX_SYMBOLS, RECOVERY_RPS_MAX, REPLAY_SPEED_MAX};
+use limits::{Limits, MAX_MESSAGE_BYTES, MAX_SYMBOLS, RECOVERY_RPS_MAX, REPLAY_SPEED_MAX, REPLAY_SPEED_MIN};
 
 /// Default symbols when `--sim` is given without `--symbols`: the simulator serves these.
 pub const SIM_DEFAULT_SYMBOLS: &str =
@@ -276,6 +276,13 @@ impl Config {
                 "add book to --types (book5/20/50 are whole snapshots already), or drop --book-output",
             ));
         }
+        if args.pipeline.rotate.is_some() && args.pipeline.output_dir.is_none() && args.record.is_none() {
+            return Err(err(
+                "--rotate",
+                "rotates the files of --output-dir and --record, and neither is given",
+                "add --output-dir DIR (or --record FILE), or drop --rotate",
+            ));
+        }
         if args.record.as_ref().is_some_and(|p| p.file_name().is_none()) {
             return Err(err(
                 "--record",
@@ -328,15 +335,22 @@ impl Config {
     pub fn from_replay_args(args: &ReplayArgs, n_cores: usize) -> Result<Config, ConfigError> {
         let pace = if args.max {
             None
-        } else if args.speed.is_finite() && args.speed > 0.0 && args.speed <= REPLAY_SPEED_MAX {
+        } else if (REPLAY_SPEED_MIN..=REPLAY_SPEED_MAX).contains(&args.speed) {
             Some(args.speed)
         } else {
             return Err(err(
                 "--speed",
-                format!("must be a number above 0 and at most {REPLAY_SPEED_MAX} (got {})", args.speed),
+                format!("must be between {REPLAY_SPEED_MIN} and {REPLAY_SPEED_MAX} (got {})", args.speed),
                 "use --max to replay as fast as the pipeline goes",
             ));
         };
+        if args.pipeline.rotate.is_some() && args.pipeline.output_dir.is_none() {
+            return Err(err(
+                "--rotate",
+                "rotates the files of --output-dir, and it is not given",
+                "add --output-dir DIR, or drop --rotate",
+            ));
+        }
         let pipeline = parse_pipeline(&args.pipeline, n_cores, Duration::ZERO)?;
         let trades_limit = limits::RECOVERY_TRADES_LIMIT_DEFAULT;
         let limits = Limits::derive(None, pipeline.n_workers, trades_limit)?;
@@ -546,6 +560,15 @@ fn parse_uri(flag: &'static str, text: &str) -> Result<(String, String, Option<u
 }
 
 fn parse_ws_url(text: &str, allow_insecure: bool) -> Result<WsEndpoint, ConfigError> {
+    // The URL is logged, written in connection lines and recorded: it must not carry a secret.
+    let authority = text.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+    if authority.contains('@') || text.to_ascii_lowercase().contains("apikey") {
+        return Err(err(
+            "--ws-url",
+            "the URL carries credentials (user info or an apikey parameter); it is logged and written in connection lines",
+            "give the key in COINAPI_KEY only, never in the URL",
+        ));
+    }
     let (scheme, host, port) = parse_uri("--ws-url", text)?;
     let tls = match scheme.as_str() {
         "wss" => true,
@@ -618,9 +641,37 @@ mod tests {
         check_refused(&["--symbols", "A", "--ws-url", "wss://"], Some("k"), "--ws-url", "");
         check_refused(&["--symbols", "A", "--ws-url", "ws://example.com/v1/"], Some("k"), "--ws-url", "clear text");
         check_refused(&["--symbols", "A", "--rest-url", "ftp://x"], Some("k"), "--rest-url", "http");
+        check_refused(
+            &["--symbols", "A", "--ws-url", "wss://ws.coinapi.io/v1/?apikey=SECRET"],
+            Some("k"),
+            "--ws-url",
+            "credentials",
+        );
+        check_refused(
+            &["--symbols", "A", "--ws-url", "wss://u:SECRET@ws.coinapi.io/v1/"],
+            Some("k"),
+            "--ws-url",
+            "credentials",
+        );
         check_refused(&["--symbols", "A", "--recovery-rps", "0"], Some("k"), "--recovery-rps", "got 0");
         check_refused(&["--symbols", "A", "--stale-timeout", "0"], Some("k"), "--stale-timeout", "got 0");
         check_refused(&["--symbols", "A", "--log-level", "loud"], Some("k"), "--log-level", "loud");
+        check_refused(&["--symbols", "A", "--rotate", "1h"], Some("k"), "--rotate", "neither");
+        check_refused(
+            &["--symbols", "A", "--output-dir", "d", "--rotate", "1x"],
+            Some("k"),
+            "--rotate",
+            "neither a time",
+        );
+        check_refused(&["--symbols", "A", "--limit", "0"], Some("k"), "--limit", "at least 1");
+        check_refused(&["--symbols", "A", "--metrics-listen", "9899"], Some("k"), "--metrics-listen", "with a port");
+        check_refused(
+            &["--symbols", "A", "--metrics-listen", "0.0.0.0:9899"],
+            Some("k"),
+            "--metrics-listen",
+            "loopback",
+        );
+        check_refused(&["--symbols", "A", "--record", "/"], Some("k"), "--record", "file name");
         check_refused(
             &["--symbols", "A", "--recovery-trades-limit", "0"],
             Some("k"),
@@ -658,6 +709,38 @@ mod tests {
         assert!(opt_in.is_ok());
         let loopback = parse(&["--symbols", "A", "--ws-url", "ws://127.0.0.1:9/v1/"], Some("k")).expect("loopback");
         assert_eq!(loopback.ingest.ws.port, 9);
+    }
+
+    #[test]
+    fn operations_flags_are_validated_into_the_config() {
+        let c = parse(
+            &["--symbols", "A", "--output-dir", "out", "--rotate", "1h", "--compress", "zstd", "--limit", "5"],
+            Some("k"),
+        )
+        .expect("valid");
+        assert_eq!(c.output.rotate, Some(units::Rotate::Every { seconds: 3600 }));
+        assert_eq!((c.output.compress, c.output.limit), (Some(CompressArg::Zstd), Some(5)));
+        let remote = parse(&["--symbols", "A", "--metrics-listen", "0.0.0.0:0", "--allow-remote-metrics"], Some("k"));
+        assert!(remote.expect("opted in").serve.metrics_listen.is_some());
+        let replay = |args: &[&str]| {
+            let mut argv = vec!["replay"];
+            argv.extend_from_slice(args);
+            let cli = ReplayCli::try_parse_from(argv).expect("clap accepts the arguments");
+            Config::from_replay_args(&cli.args, 2)
+        };
+        let r = replay(&["f.cfrec", "--max"]).expect("valid");
+        assert_eq!(r.source, Source::Replay { files: vec!["f.cfrec".into()], pace: None });
+        assert!(r.recovery.offline && r.recovery.api_key.expose().is_empty());
+        assert_eq!(replay(&["f.cfrec", "--speed", "0"]).expect_err("refused").flag, "--speed");
+        assert_eq!(replay(&["f.cfrec", "--speed", "1e-300"]).expect_err("refused").flag, "--speed");
+        assert_eq!(replay(&["f.cfrec", "--rotate", "1h"]).expect_err("refused").flag, "--rotate");
+    }
+
+    /// `ReplayArgs` as its own command, for the test above.
+    #[derive(clap::Parser, Debug)]
+    struct ReplayCli {
+        #[command(flatten)]
+        args: ReplayArgs,
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub mod recorder;
 pub mod replay;
 
 use backoff::{Backoff, BackoffPolicy};
-use recorder::Recorded;
+use record::Record;
+use recorder::Tap;
 
 type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
@@ -110,8 +111,8 @@ pub struct Reader<'a> {
     resubscribe: Vec<(DataType, String)>,
     /// When this connection last sent a scope message (subscribe/unsubscribe).
     last_scope_at: Option<Instant>,
-    /// `--record`: every text frame and connection event is offered here (never waited for).
-    recorder: Option<Sender<Recorded>>,
+    /// `--record`: every text frame and connection event is encoded here (never waited for).
+    recorder: Option<Tap<'a>>,
 }
 
 impl std::fmt::Debug for Reader<'_> {
@@ -152,9 +153,9 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Records every text frame and connection event into `recorder` (`--record`).
-    pub fn with_recorder(mut self, recorder: Option<Sender<Recorded>>) -> Self {
-        self.recorder = recorder;
+    /// Records every text frame and connection event through `recorder` (`--record`).
+    pub fn with_recorder(mut self, recorder: Option<&'a recorder::Queue>) -> Self {
+        self.recorder = recorder.map(Tap::new);
         self
     }
 
@@ -201,14 +202,14 @@ impl<'a> Reader<'a> {
             }
             self.backoff.on_connected(Instant::now());
             log::info!("connected to {} (generation {generation})", self.config.ws.url);
-            self.connection_line(ConnectionEvent::Connected, "");
+            let connected_at = self.connection_line(ConnectionEvent::Connected, "");
             // The hello subscribed everything afresh: no resync is left to do.
             self.resyncs.clear();
             self.resubscribe.clear();
             self.last_scope_at = Some(Instant::now());
-            self.lanes.connected(generation, unix_now_ns());
-            self.metrics.connected.set(1);
+            self.lanes.connected(generation, connected_at);
             self.metrics.last_message_unix_ms.set(unix_now_ns() as u64 / 1_000_000);
+            self.metrics.connected.set(1);
             let end = self.session(ws);
             self.metrics.connected.set(0);
             match end {
@@ -432,6 +433,9 @@ impl<'a> Reader<'a> {
                 Err(tungstenite::Error::Io(e)) if is_tick(&e) => {
                     let _ = ws.flush();
                     frames_since_clock = CLOCK_EVERY_FRAMES;
+                    if let Some(tap) = self.recorder.as_mut() {
+                        tap.hand_over(self.metrics);
+                    }
                 }
                 Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
                     return SessionEnd::Retry("connection closed".into())
@@ -520,16 +524,12 @@ impl<'a> Reader<'a> {
         self.lanes.dispatch(text, self.generation, stamp) != Dispatch::Gone
     }
 
-    /// Offers a text frame to the recorder (when recording) with its receive time, which it
-    /// returns for the frame's line. A full recorder queue is a counted drop: the reader never
-    /// waits for the disk.
+    /// Records a text frame (when recording) with its receive time, which it returns for the
+    /// frame's line. A full recorder queue is a counted drop: the reader never waits for the disk.
     fn record(&mut self, text: &Utf8Bytes) -> Option<i128> {
-        let recorder = self.recorder.as_ref()?;
+        let tap = self.recorder.as_mut()?;
         let recv_unix_ns = unix_now_ns();
-        let frame = Recorded::Frame { recv_unix_ns, generation: self.generation, text: text.clone() };
-        if recorder.try_send(frame).is_err() {
-            self.metrics.record_dropped.add(1);
-        }
+        tap.record(&Record::Frame { recv_unix_ns, generation: self.generation, text: text.as_str() }, self.metrics);
         Some(recv_unix_ns)
     }
 
@@ -554,8 +554,10 @@ impl<'a> Reader<'a> {
         end
     }
 
-    /// Writes a `connection` control line (best effort: counted if lost).
-    fn connection_line(&mut self, event: ConnectionEvent, reason: &str) {
+    /// Writes a `connection` control line (best effort: counted if lost) and records it; returns
+    /// its time, which is also the connection's start for the workers (one clock read, so a
+    /// replay of the recording gives them the same).
+    fn connection_line(&mut self, event: ConnectionEvent, reason: &str) -> i128 {
         let line = ControlLine::Connection {
             event,
             generation: self.generation,
@@ -568,18 +570,15 @@ impl<'a> Reader<'a> {
         if self.control.send_timeout(batch, CONTROL_WAIT).is_err() {
             self.metrics.control_lines_lost.add(1);
         }
-        if let Some(recorder) = &self.recorder {
-            let event = Recorded::Connection {
-                at_unix_ns,
-                generation: self.generation,
-                event,
-                url: self.config.ws.url.clone(),
-                reason: reason.to_string(),
-            };
-            if recorder.try_send(event).is_err() {
-                self.metrics.record_dropped.add(1);
-            }
+        if let Some(tap) = self.recorder.as_mut() {
+            let url = &self.config.ws.url;
+            tap.record(
+                &Record::Connection { at_unix_ns, generation: self.generation, event, url, reason },
+                self.metrics,
+            );
+            tap.hand_over(self.metrics);
         }
+        at_unix_ns
     }
 }
 

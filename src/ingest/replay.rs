@@ -16,9 +16,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use crossbeam_channel::Sender;
-use tungstenite::Utf8Bytes;
 
 use crate::config::limits::CONTROL_WAIT;
 use crate::ingest::record::{self, Damage, Problem, Record, HEADER_BYTES};
@@ -30,8 +28,6 @@ use crate::wire::{self, FrameKind};
 
 /// Bytes read from a recording at a time.
 const READ_BYTES: usize = 1 << 20;
-/// The chunk frame texts are copied into (one allocation per chunk, not per frame).
-const TEXT_CHUNK_BYTES: usize = 64 * 1024;
 /// A paced replay sleeps only when it is at least this far ahead of the recording.
 const PACE_SLACK: Duration = Duration::from_millis(1);
 
@@ -56,9 +52,12 @@ pub struct Replay<'a> {
     lanes: Lanes<'a>,
     control: Sender<Batch>,
     timestamps: TimestampFormatter,
-    chunk: BytesMut,
     /// The first record's time and when the replay reached it: the pace's origin.
     origin: Option<(i128, Instant)>,
+    /// Generations keep rising across recordings of several runs (each process starts at 1):
+    /// the offset added to a recorded generation, and the highest generation handed out.
+    generation_offset: u64,
+    generation_last: u64,
 }
 
 impl std::fmt::Debug for Replay<'_> {
@@ -90,8 +89,9 @@ impl<'a> Replay<'a> {
             lanes,
             control,
             timestamps: TimestampFormatter::default(),
-            chunk: BytesMut::new(),
             origin: None,
+            generation_offset: 0,
+            generation_last: 0,
         }
     }
 
@@ -141,14 +141,40 @@ impl<'a> Replay<'a> {
         }
     }
 
+    /// The generation the pipeline sees for a recorded one. Within one run of the program every
+    /// connection attempt takes a new, higher generation; a generation lower than the last, or
+    /// an attempt (`opens`) that is not higher, is the recording of a later run, whose
+    /// generations start again at 1: they are renumbered to continue, or the workers would
+    /// take its frames for stale ones.
+    fn generation(&mut self, recorded: u64, opens: bool) -> u64 {
+        let mapped = recorded + self.generation_offset;
+        if mapped < self.generation_last || (opens && mapped <= self.generation_last) {
+            self.generation_offset = self.generation_last + 1 - recorded;
+            log::info!(
+                "replay: the recording of another run starts (its generation {recorded}); renumbered as generation {}",
+                self.generation_last + 1
+            );
+        }
+        self.generation_last = recorded + self.generation_offset;
+        self.generation_last
+    }
+
     fn step(&mut self, record: Record<'_>) -> Step {
+        let record = match record {
+            Record::Frame { recv_unix_ns, generation, text } => {
+                Record::Frame { recv_unix_ns, generation: self.generation(generation, false), text }
+            }
+            Record::Connection { at_unix_ns, generation, event, url, reason } => {
+                let opens = event != crate::output::ndjson::ConnectionEvent::Disconnected;
+                Record::Connection { at_unix_ns, generation: self.generation(generation, opens), event, url, reason }
+            }
+        };
         match record {
             Record::Frame { recv_unix_ns, generation, text } => {
                 self.pace_to(recv_unix_ns);
                 match wire::classify(text.as_bytes()) {
                     FrameKind::Data => {
                         self.metrics.received.add(1);
-                        let text = self.copy(text);
                         let shutdown = self.shutdown;
                         let sent =
                             self.lanes.dispatch_waiting(text, generation, recv_unix_ns, || shutdown.is_requested());
@@ -195,16 +221,6 @@ impl<'a> Replay<'a> {
         if due > now + PACE_SLACK {
             self.shutdown.wait_timeout(due - now);
         }
-    }
-
-    /// The frame's text as shareable bytes, copied into the current chunk.
-    fn copy(&mut self, text: &str) -> Utf8Bytes {
-        if self.chunk.capacity() - self.chunk.len() < text.len() {
-            self.chunk = BytesMut::with_capacity(TEXT_CHUNK_BYTES.max(text.len()));
-        }
-        self.chunk.extend_from_slice(text.as_bytes());
-        // The bytes came from a `&str`: valid UTF-8, so this cannot fail.
-        Utf8Bytes::try_from(self.chunk.split().freeze()).unwrap_or_else(|_| Utf8Bytes::from(text.to_string()))
     }
 }
 

@@ -80,7 +80,7 @@ pub fn run<W: Write>(
                 Ok(())
             }
         }) {
-            return failed(e, &sink, batch.lines(), &rx, metrics, shutdown);
+            return failed(e, &sink, lines, &rx, metrics, shutdown);
         }
         metrics.written.add(lines.market);
         metrics.recovered_written.add(lines.rest);
@@ -97,7 +97,7 @@ pub fn run<W: Write>(
                     metrics.files_finished.set(files);
                     WriterExit::LimitReached
                 }
-                Err(e) => WriterExit::Failed(e.to_string()),
+                Err(e) => finish_failed(e),
             };
         }
     }
@@ -107,8 +107,17 @@ pub fn run<W: Write>(
             WriterExit::Drained
         }
         Err(e) if e.kind() == ErrorKind::BrokenPipe => WriterExit::OutputClosed,
-        Err(e) => WriterExit::Failed(e.to_string()),
+        Err(e) => finish_failed(e),
     }
+}
+
+/// The last flush, or finishing the last file (fsync, rename), failed: every line was given to
+/// the output, but the last file is left as its `.part`.
+fn finish_failed(e: std::io::Error) -> WriterExit {
+    log::error!(
+        "cannot finish the output: {e}; the last file is left as .part (its lines were written, the rename was not)"
+    );
+    WriterExit::Failed(e.to_string())
 }
 
 /// A write failed: a closed pipe is a clean stop; anything else stops the run, saying what was
@@ -126,16 +135,18 @@ fn failed<W: Write>(
         log::info!("stdout was closed by the reader; stopping");
         return WriterExit::OutputClosed;
     }
-    let queued: u64 = rx.try_iter().map(|b| b.lines().data() + b.lines().control).sum();
+    // Everything still coming is lost: counted until the producers are gone (the stop makes
+    // the reader end and the workers drain, within the shutdown deadline).
+    let queued: u64 = rx.iter().map(|b| b.lines().data() + b.lines().control).sum();
     let batch = failed_batch.data() + failed_batch.control;
     match sink.status() {
         None => log::error!(
-            "cannot write to stdout: {e}; stopping: this batch ({batch} lines) and {queued} queued lines are not written"
+            "cannot write to stdout: {e}; stopping: this batch ({batch} lines) and the {queued} lines after it are not written"
         ),
         Some(status) => {
             let part = status.part.map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into());
             log::error!(
-                "cannot write the output: {e}; stopping: the {} files finished are intact; {part} is left as it is, with the {} lines written before the failure; this batch ({batch} lines) and {queued} queued lines are not written",
+                "cannot write the output: {e}; stopping: the {} files finished are intact; {part} is left as it is, with the {} lines written before the failure; this batch ({batch} lines) and the {queued} lines after it are not written",
                 status.finished,
                 status.lines,
             );

@@ -41,7 +41,11 @@ pub struct Recovery<'a> {
     pub client: RestClient,
     pub lanes: RecoveryLanes<'a>,
     pub metrics: &'a Metrics,
+    /// The stop request: a request in flight may have been interrupted by it.
     pub shutdown: &'a Shutdown,
+    /// The source of frames has ended (the reader stopped, a replay's files are read): no gap
+    /// can come any more, so the thread reports what is left and ends.
+    pub source_done: &'a Shutdown,
     /// A replay: no request is made; the keys wait for the end of the run and are reported
     /// as `offline` then.
     pub offline: bool,
@@ -57,9 +61,9 @@ impl Recovery<'_> {
     pub fn run(self) {
         let mut stopped_logged = false;
         let mut over_budget_logged = false;
-        while !self.shutdown.is_requested() {
+        while !self.source_done.is_requested() {
             if self.offline {
-                self.metrics.recovery_pending.set(self.handle.queue.lock().pending() as u64);
+                self.fail_offline();
                 self.sleep(IDLE_WAIT);
                 continue;
             }
@@ -136,11 +140,32 @@ impl Recovery<'_> {
         }
     }
 
+    /// A replay: every key fails as soon as it is asked for, as `offline`, so its line comes
+    /// where the live run's would (after the gap) and no key waits in the bounded set.
+    fn fail_offline(&self) {
+        let keys = self.handle.queue.lock().drain();
+        self.metrics.recovery_pending.set(0);
+        for key in keys {
+            let reason = Unrecovered::Offline;
+            let result = RecoveryResult::Failed {
+                key,
+                attempts: 0,
+                error: "offline (a replay makes no REST request)".into(),
+                reason,
+                at_unix_ns: unix_now_ns(),
+            };
+            // Waits for room like any answer: a replay never drops.
+            if self.lanes.deliver(result, Duration::MAX, || self.shutdown.is_requested()).is_err() {
+                return;
+            }
+        }
+    }
+
     /// Waits until `timeout` passes, a key is pushed, or a stop is requested.
     fn sleep(&self, timeout: Duration) {
         select! {
             recv(self.handle.wake_rx) -> _ => {}
-            recv(self.shutdown.receiver()) -> _ => {}
+            recv(self.source_done.receiver()) -> _ => {}
             default(timeout) => {}
         }
     }

@@ -468,6 +468,15 @@ impl RecoveryQueue {
         self.in_flight.iter().map(|f| f.key.clone()).chain(self.queue.iter().map(|e| e.key.clone())).collect()
     }
 
+    /// Takes every pending key out, to be failed at once (a replay makes no request).
+    pub fn drain(&mut self) -> Vec<RecoveryKey> {
+        let keys = self.pending_keys();
+        self.queue.clear();
+        self.members.clear();
+        self.in_flight = None;
+        keys
+    }
+
     pub fn is_stopped(&self) -> bool {
         self.stopped
     }

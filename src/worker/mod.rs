@@ -93,6 +93,9 @@ pub struct Worker<'a> {
     /// first; a book is in it at most once (`BookState::queued`), so it holds at most one entry
     /// per book.
     tops_due: BinaryHeap<Reverse<(i128, Box<str>)>>,
+    /// A replay: the worker's clock is its inputs' (recorded) times, never the wall clock, so
+    /// its idle ticks cannot mix today's time into a recording's.
+    replay_clock: Option<i128>,
 }
 
 impl<'a> Worker<'a> {
@@ -115,6 +118,7 @@ impl<'a> Worker<'a> {
             books: BookConfig::default(),
             book_levels: 0,
             tops_due: BinaryHeap::new(),
+            replay_clock: None,
         }
     }
 
@@ -122,6 +126,17 @@ impl<'a> Worker<'a> {
     pub fn with_books(mut self, books: BookConfig) -> Worker<'a> {
         self.books = books;
         self
+    }
+
+    /// Runs on recorded time (a replay): idle ticks carry the last input's time.
+    pub fn with_replay_clock(mut self, replay: bool) -> Worker<'a> {
+        self.replay_clock = replay.then_some(0);
+        self
+    }
+
+    /// The time now: the wall clock, or in a replay the last input's recorded time.
+    fn now_ns(&self) -> i128 {
+        self.replay_clock.unwrap_or_else(crate::clock::unix_now_ns)
     }
 
     pub fn with_recovery(mut self, recovery: &'a RecoveryHandle, resyncs: &'a Resyncs) -> Worker<'a> {
@@ -143,7 +158,10 @@ impl<'a> Worker<'a> {
                     if !self.flush(&out) {
                         return;
                     }
-                    let wait = match self.next_top_due() {
+                    // On recorded time nothing falls due while idle: due lines wait for the next
+                    // input, which carries the time.
+                    let due = self.next_top_due().filter(|_| self.replay_clock.is_none());
+                    let wait = match due {
                         Some(at) => {
                             let left = at - crate::clock::unix_now_ns();
                             SILENCE_CHECK
@@ -153,15 +171,22 @@ impl<'a> Worker<'a> {
                     };
                     match rx.recv_timeout(wait) {
                         Ok(input) => input,
-                        Err(RecvTimeoutError::Timeout) => {
-                            WorkerInput::Tick { now_unix_ns: crate::clock::unix_now_ns() }
-                        }
+                        Err(RecvTimeoutError::Timeout) => WorkerInput::Tick { now_unix_ns: self.now_ns() },
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
                 Err(TryRecvError::Disconnected) => break,
             };
             let cost = input.cost();
+            // A replay's clock is its recorded frames' and connections' times (a recovery
+            // result's is the wall clock's: it was made now).
+            if let (
+                Some(clock),
+                WorkerInput::Frame(Frame { recv_unix_ns: at, .. }) | WorkerInput::Connected { at_unix_ns: at, .. },
+            ) = (self.replay_clock.as_mut(), &input)
+            {
+                *clock = (*clock).max(*at);
+            }
             self.handle(input);
             handled_bytes += cost;
             budget.set_handled(self.id, handled_bytes);
@@ -172,7 +197,7 @@ impl<'a> Worker<'a> {
                 }
             }
         }
-        self.windows_left_at_exit(crate::clock::unix_now_ns());
+        self.windows_left_at_exit(self.now_ns());
         self.flush(&out);
     }
 

@@ -73,3 +73,27 @@ fn help_explains_every_flag_with_its_default() {
         assert!(stdout.contains(default), "--help lacks {default}:\n{stdout}");
     }
 }
+
+/// Proves what the machine must allow is checked before anything starts, like a bad flag: an
+/// output or recording directory that cannot be written, a metrics address already taken, a
+/// replay file that is not there.
+#[test]
+fn unusable_paths_and_addresses_exit_2_naming_the_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").to_string();
+    // A path under a regular file can never be a directory (root ignores permissions).
+    let file = std::env::temp_dir().join(format!("coinfeed-it-file-{}", std::process::id()));
+    std::fs::write(&file, b"x").expect("write");
+    let under = file.join("out");
+    let under = under.to_string_lossy();
+    check_refused(&["--sim", "--output-dir", &under], None, &["--output-dir"]);
+    check_refused(&["--sim", "--record", &format!("{under}/feed.cfrec")], None, &["--record"]);
+    check_refused(&["--sim", "--metrics-listen", &port], None, &["--metrics-listen", "cannot listen"]);
+    check_refused(&["--sim", "--metrics-listen", "0.0.0.0:0"], None, &["--metrics-listen", "--allow-remote-metrics"]);
+    check_refused(&["--sim", "--rotate", "1h"], None, &["--rotate", "--output-dir"]);
+    check_refused(&["--sim", "--output-dir", "/tmp", "--rotate", "1 hour"], None, &["--rotate"]);
+    check_refused(&["--sim", "--compress", "zstd"], None, &["--output-dir"]);
+    check_refused(&["replay", "/nonexistent/feed.cfrec"], None, &["/nonexistent/feed.cfrec"]);
+    check_refused(&["replay", &file.to_string_lossy(), "--speed", "2", "--max"], None, &["--max"]);
+    let _ = std::fs::remove_file(&file);
+}
