@@ -343,10 +343,6 @@ fn run_threads<W: Write + Send>(
         let writer = spawn(s, "writer".into(), failure, shutdown, move || {
             writer::run(writer_rx, sink, metrics, shutdown, limit)
         });
-        let http = listener.map(|listener| {
-            let rules = HealthRules { stale_timeout: config.ingest.stale_timeout, started };
-            spawn(s, "metrics-http".into(), failure, shutdown, move || http::run(listener, metrics, &rules, shutdown))
-        });
         let recording = recorder.map(|files| {
             let rx = record_rx.take().expect("one recorder");
             spawn(s, "recorder".into(), failure, shutdown, move || {
@@ -406,6 +402,19 @@ fn run_threads<W: Write + Send>(
                 }
             }),
         };
+        // The endpoint last: it ends only when woken after the stop (below), so no failure to
+        // start a thread after it can leave the scope waiting for it.
+        let http = listener.and_then(|listener| match listener.local_addr() {
+            Ok(addr) => {
+                let rules = HealthRules { stale_timeout: config.ingest.stale_timeout, started };
+                let body = move || http::run(listener, metrics, &rules, shutdown);
+                Some((spawn(s, "metrics-http".into(), failure, shutdown, body), addr))
+            }
+            Err(e) => {
+                log::error!("metrics endpoint not started: its socket has no address ({e})");
+                None
+            }
+        });
         let reader_exit = reader.join().ok().flatten();
         let _ = recovery.join();
         for w in workers {
@@ -417,7 +426,8 @@ fn run_threads<W: Write + Send>(
         if let Some(recording) = recording {
             let _ = recording.join();
         }
-        if let Some(http) = http {
+        if let Some((http, addr)) = http {
+            http::wake(addr);
             let _ = http.join();
         }
         (reader_exit, writer_exit)

@@ -5,15 +5,17 @@
 //!
 //! The pipeline never waits on this thread: a scrape reads the registry's atomics (and the
 //! drop map's lock for a copy), nothing more, so a slow scraper slows only other scrapers.
-//! Every blocking call is bounded: the listener is polled every `TICK`, and each socket call
-//! waits at most a `TICK` too, so a stop is noticed within one even mid-connection; a request
+//! The thread waits for a scraper in a blocking accept (a scrape is answered at once, not at
+//! the next poll), and whoever stops it connects once (`wake`) after requesting the stop. Every
+//! other blocking call is bounded: each socket call waits at most a `TICK`, so a stop is
+//! noticed within one even mid-connection; a request
 //! head must arrive whole within `HEAD_TIMEOUT` and `HEAD_MAX_BYTES`, a write that makes no
 //! progress for `WRITE_TIMEOUT` ends the connection, and no connection lives longer than
 //! `CONNECTION_TIMEOUT`. The head is parsed by `httparse` (hyper's parser); any body is ignored.
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown as Direction, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::clock;
@@ -57,8 +59,8 @@ pub struct HealthRules {
 
 /// Serves `listener` until `shutdown` is requested, one connection at a time.
 pub fn run(listener: TcpListener, metrics: &Metrics, rules: &HealthRules, shutdown: &Shutdown) {
-    if let Err(e) = listener.set_nonblocking(true) {
-        log::error!("metrics endpoint not serving: its listener cannot be made non-blocking: {e}");
+    if let Err(e) = listener.set_nonblocking(false) {
+        log::error!("metrics endpoint not serving: its listener cannot be made blocking: {e}");
         return;
     }
     let addr = listener.local_addr().map_or_else(|_| "(unknown address)".to_string(), |a| a.to_string());
@@ -71,15 +73,16 @@ pub fn run(listener: TcpListener, metrics: &Metrics, rules: &HealthRules, shutdo
     while !shutdown.is_requested() {
         match listener.accept() {
             Ok((stream, peer)) => {
+                if shutdown.is_requested() {
+                    // `wake`'s connection, or a scraper arriving as the run ends.
+                    break;
+                }
                 last_accept_error = None;
                 connections += 1;
                 match serve(stream, &mut head, metrics, rules, shutdown) {
                     Ok(status) => log::debug!("metrics endpoint answered {status} to {peer}"),
                     Err(e) => log::debug!("metrics endpoint: connection from {peer} ended without an answer: {e}"),
                 }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                shutdown.wait_timeout(TICK);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -92,6 +95,18 @@ pub fn run(listener: TcpListener, metrics: &Metrics, rules: &HealthRules, shutdo
         }
     }
     log::info!("metrics endpoint stopped after {connections} connections");
+}
+
+/// How long `wake` tries to connect.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Wakes `run` from its accept so it sees the stop requested before: one connection to the
+/// listener's address (loopback for a wildcard one).
+pub fn wake(addr: SocketAddr) {
+    let addr = if addr.ip().is_unspecified() { SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()) } else { addr };
+    if let Err(e) = TcpStream::connect_timeout(&addr, WAKE_TIMEOUT) {
+        log::warn!("metrics endpoint: cannot wake it to stop ({addr}: {e})");
+    }
 }
 
 /// Why `/health` is healthy (`Ok`) or not (`Err`), as the text of the answer: connected, and a
@@ -374,12 +389,14 @@ mod tests {
         u64::try_from(clock::unix_now_ns() / 1_000_000).unwrap_or(0)
     }
 
-    /// Requests the stop when dropped, so a failed assertion ends `run` and the scope can join.
-    struct StopOnDrop<'a>(&'a Shutdown);
+    /// Requests the stop (and wakes the endpoint) when dropped, so a failed assertion ends `run`
+    /// and the scope can join.
+    struct StopOnDrop<'a>(&'a Shutdown, SocketAddr);
 
     impl Drop for StopOnDrop<'_> {
         fn drop(&mut self) {
             self.0.request();
+            wake(self.1);
         }
     }
 
@@ -393,7 +410,7 @@ mod tests {
         std::thread::scope(|scope| {
             let endpoint = scope.spawn(|| run(listener, metrics, &rules, &shutdown));
             {
-                let _stop = StopOnDrop(&shutdown);
+                let _stop = StopOnDrop(&shutdown, addr);
                 test(addr);
             }
             let stopped = Instant::now();
