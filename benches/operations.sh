@@ -107,7 +107,53 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
+# What one scrape costs the process: its CPU time (utime + stime of every thread, from
+# /proc/PID/stat) over 2,000 back-to-back scrapes of an otherwise idle feed (100 msg/s), less the
+# same idle feed's CPU over the same time without scrapes.
+echo "-- scrape cost"
+"$bin" sim --rate 100 > "$work/quiet.json" 2> /dev/null &
+for _ in $(seq 100); do [[ -s "$work/quiet.json" ]] && break; sleep 0.1; done
+quiet_ws=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ws_url"])' "$work/quiet.json")
+port=$(free_port)
+"$bin" --ws-url "$quiet_ws" --rest-url "$rest" --symbols BITSTAMP_SPOT_BTC_USD --types trade --health-interval 0 \
+    --metrics-listen "127.0.0.1:$port" > /dev/null 2>&1 & feed=$!
+python3 - "$port" "$feed" <<'PY'
+import os, socket, sys, time
+port, pid = int(sys.argv[1]), int(sys.argv[2])
+tick = os.sysconf("SC_CLK_TCK")
+def cpu_s():
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / tick
+def scrape():
+    s = socket.create_connection(("127.0.0.1", port), timeout=2)
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+    n = 0
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        n += len(b)
+    s.close()
+    return n
+for _ in range(100):
+    try:
+        scrape()
+        break
+    except OSError:
+        time.sleep(0.05)
+n = 2000
+c0, t0 = cpu_s(), time.perf_counter()
+size = sum(scrape() for _ in range(n))
+c1, t1 = cpu_s(), time.perf_counter()
+time.sleep(t1 - t0)
+c2 = cpu_s()
+busy, idle = c1 - c0, c2 - c1
+print(f"scrapes={n} page_bytes={size // n} wall_us_per_scrape={(t1 - t0) / n * 1e6:.0f} cpu_us_per_scrape={(busy - idle) / n * 1e6:.0f} (busy {busy:.2f}s, idle {idle:.2f}s)")
+PY
+kill -INT $feed; wait $feed 2>/dev/null || true
+
 echo "-- medians"
+touch "$work/results"
 python3 - "$work/results" <<'PY'
 import collections, re, statistics, sys
 rows = collections.defaultdict(list)
