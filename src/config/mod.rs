@@ -559,16 +559,22 @@ fn parse_uri(flag: &'static str, text: &str) -> Result<(String, String, Option<u
     Ok((scheme, host, uri.port_u16()))
 }
 
-fn parse_ws_url(text: &str, allow_insecure: bool) -> Result<WsEndpoint, ConfigError> {
-    // The URL is logged, written in connection lines and recorded: it must not carry a secret.
+/// Refuses a URL that carries credentials (user info, or an `apikey` parameter): URLs are
+/// logged, written in connection lines and recorded, and the key must never be.
+fn refuse_credentials(flag: &'static str, text: &str) -> Result<(), ConfigError> {
     let authority = text.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
     if authority.contains('@') || text.to_ascii_lowercase().contains("apikey") {
         return Err(err(
-            "--ws-url",
-            "the URL carries credentials (user info or an apikey parameter); it is logged and written in connection lines",
+            flag,
+            "the URL carries credentials (user info or an apikey parameter), and URLs are logged",
             "give the key in COINAPI_KEY only, never in the URL",
         ));
     }
+    Ok(())
+}
+
+fn parse_ws_url(text: &str, allow_insecure: bool) -> Result<WsEndpoint, ConfigError> {
+    refuse_credentials("--ws-url", text)?;
     let (scheme, host, port) = parse_uri("--ws-url", text)?;
     let tls = match scheme.as_str() {
         "wss" => true,
@@ -592,6 +598,7 @@ fn parse_ws_url(text: &str, allow_insecure: bool) -> Result<WsEndpoint, ConfigEr
 }
 
 fn parse_rest_url(text: &str) -> Result<String, ConfigError> {
+    refuse_credentials("--rest-url", text)?;
     let (scheme, _, _) = parse_uri("--rest-url", text)?;
     if scheme != "http" && scheme != "https" {
         return Err(err(
@@ -653,6 +660,7 @@ mod tests {
             "--ws-url",
             "credentials",
         );
+        check_refused(&["--symbols", "A", "--rest-url", "https://x/?apikey=S"], Some("k"), "--rest-url", "credentials");
         check_refused(&["--symbols", "A", "--recovery-rps", "0"], Some("k"), "--recovery-rps", "got 0");
         check_refused(&["--symbols", "A", "--stale-timeout", "0"], Some("k"), "--stale-timeout", "got 0");
         check_refused(&["--symbols", "A", "--log-level", "loud"], Some("k"), "--log-level", "loud");

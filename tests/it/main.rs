@@ -8,6 +8,7 @@ mod delivery;
 mod failures;
 mod gaps;
 mod harness;
+mod key_leak;
 mod lifecycle;
 mod metrics_endpoint;
 mod operations;
