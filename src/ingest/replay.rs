@@ -1,6 +1,6 @@
 //! `coinfeed replay`: the reader's place taken by recordings. Each recorded frame goes through
-//! the same `Lanes::dispatch` as a live one, stamped with its recorded receive time and
-//! generation; each recorded connection event writes the same `connection` line (with its
+//! the same `Lanes` as a live one (`dispatch_waiting`), stamped with its recorded receive time
+//! and generation; each recorded connection event writes the same `connection` line (with its
 //! recorded time) and tells the workers of a new connection as the reader did. So the workers
 //! write the lines the live run wrote, `recv_time` included.
 //!
