@@ -28,10 +28,12 @@ impl Drop for TempDir {
     }
 }
 
-/// The files in `dir`, sorted by name.
+/// The files in `dir` a downstream job could see, sorted by name: not hidden ones (coinfeed's
+/// start-up check writes and removes a hidden `.coinfeed-probe-<pid>` file).
 fn files(dir: &Path) -> Vec<PathBuf> {
+    let visible = |p: &PathBuf| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
     let mut v: Vec<PathBuf> =
-        std::fs::read_dir(dir).expect("read dir").map(|e| e.expect("entry").path()).filter(|p| p.is_file()).collect();
+        std::fs::read_dir(dir).expect("read dir").map(|e| e.expect("entry").path()).filter(visible).collect();
     v.sort();
     v
 }
