@@ -8,6 +8,9 @@
 #                        ARGS are passed to coinfeed (see ./run.sh --help).
 #   ./run.sh test        cargo fmt --check, clippy with -D warnings, and the whole test suite
 #                        (installs the Prometheus parser its tests use into target/prom-venv).
+#   ./run.sh kafka-test  the Kafka sink's tests (cargo feature `kafka`) against a real broker:
+#                        tansu, built into target/kafka-tools by tests/kafka/install.sh when missing
+#                        (about 10 minutes the first time), started on a free loopback port.
 #   ./run.sh bench       criterion micro benches and the end-to-end bench (cargo bench).
 #   ./run.sh soak [--minutes M | --seconds S] [--rate R] [--symbols N] [--slow-reader-us U] [--out DIR]
 #                        soak (or, with --slow-reader-us, overload) run of the release binary
@@ -19,8 +22,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # Default symbols for a real run when the caller names none.
 DEFAULT_SYMBOLS="BITSTAMP_SPOT_BTC_USD,COINBASE_SPOT_ETH_USD"
 
+# The Kafka sink is an opt-in cargo feature (librdkafka takes minutes to compile): built when
+# COINFEED_FEATURES=kafka is set or a --kafka-brokers flag is given.
 build_release() {
-    cargo build --release --locked --quiet --bin coinfeed >&2
+    local features=${COINFEED_FEATURES:-}
+    if [[ " $* " == *" --kafka-brokers"* ]]; then
+        features=kafka
+    fi
+    cargo build --release --locked --quiet --bin coinfeed ${features:+--features "$features"} >&2
 }
 
 case "${1:-}" in
@@ -37,6 +46,16 @@ test)
     echo "== cargo test" >&2
     cargo test --locked --workspace --all-targets "$@"
     ;;
+kafka-test)
+    shift
+    echo "== the Kafka broker (tests/kafka/install.sh)" >&2
+    tansu=$(tests/kafka/install.sh)
+    echo "== cargo clippy --features kafka -D warnings" >&2
+    cargo clippy --locked --all-targets --features kafka -- -D warnings
+    echo "== cargo test --features kafka (the sink's unit tests, then the broker scenarios)" >&2
+    cargo test --locked --features kafka --lib kafka
+    COINFEED_TANSU="$tansu" cargo test --locked --features kafka --test it kafka:: "$@" -- --test-threads 1
+    ;;
 bench)
     shift
     cargo bench --locked --bench decode --bench book --bench e2e "$@"
@@ -47,7 +66,7 @@ soak)
     cargo run --release --locked --quiet -p xtask -- soak "$@"
     ;;
 *)
-    build_release
+    build_release "$@"
     bin=target/release/coinfeed
     if [[ " $* " == *" --help "* || " $* " == *" -h "* || " $* " == *" --version "* || "${1:-}" == "sim" ]]; then
         exec "$bin" "$@"

@@ -74,6 +74,9 @@ pub enum Outcome {
 pub struct Services {
     pub metrics_listener: Option<TcpListener>,
     pub live_status: bool,
+    /// The Kafka sink, connected and checked (`--kafka-brokers`); the output goes there.
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<Box<crate::output::kafka::KafkaSink>>,
 }
 
 /// The first thread failure of a run, kept for the outcome.
@@ -89,7 +92,13 @@ pub fn run<W: Write + Send + 'static>(
     services: Services,
 ) -> Outcome {
     let started = Instant::now();
-    let sink = match open_sink(&config, out) {
+    #[cfg(feature = "kafka")]
+    let mut services = services;
+    #[cfg(feature = "kafka")]
+    let kafka = services.kafka.take();
+    #[cfg(not(feature = "kafka"))]
+    let kafka = None;
+    let sink = match open_sink(&config, out, kafka) {
         Ok(sink) => sink,
         Err(e) => return Outcome::StartFailed(e),
     };
@@ -182,8 +191,19 @@ pub fn run<W: Write + Send + 'static>(
     outcome
 }
 
-/// The output: stdout, or rotating files under `--output-dir`.
-fn open_sink<W: Write>(config: &Config, out: W) -> Result<Sink<W>, String> {
+/// The output: stdout, rotating files under `--output-dir`, or the Kafka sink `main` connected.
+#[cfg(feature = "kafka")]
+type KafkaSink = Option<Box<crate::output::kafka::KafkaSink>>;
+#[cfg(not(feature = "kafka"))]
+type KafkaSink = Option<std::convert::Infallible>;
+
+fn open_sink<W: Write>(config: &Config, out: W, kafka: KafkaSink) -> Result<Sink<W>, String> {
+    #[cfg(feature = "kafka")]
+    if let Some(k) = kafka {
+        return Ok(Sink::Kafka(k));
+    }
+    #[cfg(not(feature = "kafka"))]
+    let _ = kafka;
     let Some(dir) = &config.output.dir else { return Ok(Sink::Stream(out)) };
     let compress = match config.output.compress {
         None => Compress::None,

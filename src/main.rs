@@ -177,8 +177,18 @@ fn run_pipeline(mut config: Config) -> Exit {
         None => None,
     };
 
+    #[cfg(feature = "kafka")]
+    let kafka = match connect_kafka(&config, &shutdown) {
+        Ok(k) => k,
+        Err(e) => return usage_error(&e),
+    };
     let metrics = Arc::new(Metrics::new(config.pipeline.n_workers));
-    let services = app::Services { metrics_listener: listener, live_status };
+    let services = app::Services {
+        metrics_listener: listener,
+        live_status,
+        #[cfg(feature = "kafka")]
+        kafka,
+    };
     let outcome = app::run(Arc::new(config), shutdown, metrics, std::io::stdout(), services);
     if let Some(s) = simulator {
         s.shutdown();
@@ -213,6 +223,25 @@ fn run_pipeline(mut config: Config) -> Exit {
         }
         Outcome::ShutdownTimedOut => Exit::Failure,
     }
+}
+
+/// Connects the Kafka sink and checks its topic (`--kafka-brokers`); an unreachable cluster or a
+/// missing topic is refused like a bad flag (exit 2), within `kafka::CONNECT_TIMEOUT`.
+#[cfg(feature = "kafka")]
+fn connect_kafka(
+    config: &Config,
+    shutdown: &Arc<Shutdown>,
+) -> Result<Option<Box<coinfeed::output::kafka::KafkaSink>>, ConfigError> {
+    let Some(k) = &config.output.kafka else { return Ok(None) };
+    // The final flush may take most of the stop's deadline; draining the workers takes the rest.
+    let flush = config.pipeline.shutdown_timeout.mul_f64(0.8);
+    coinfeed::output::kafka::KafkaSink::connect(k, Arc::clone(shutdown), flush).map(|s| Some(Box::new(s))).map_err(
+        |problem| ConfigError {
+            flag: "--kafka-brokers",
+            problem,
+            fix: "check the brokers' addresses and that the topic exists (coinfeed does not create it)".into(),
+        },
+    )
 }
 
 /// Starts the built-in simulator for `--sim` and points the config at it.

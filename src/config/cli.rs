@@ -106,6 +106,19 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
 
+    /// Keep only this shard's symbols: `i/n` splits the --symbols list into n shards by Kafka's
+    /// murmur2 hash of each symbol id (the same on every host), and this process takes shard i
+    /// (from 0). Needs an exact list (no prefix filters).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+
+    /// At start, find each symbol's last trade in what this shard already wrote (the newest
+    /// files of --output-dir, or the end of every partition of --kafka-topic) and backfill REST
+    /// history from there to the first streamed trade, so a restart leaves neither a hole nor a
+    /// duplicate.
+    #[arg(long)]
+    pub resume: bool,
+
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -176,6 +189,21 @@ pub struct PipelineArgs {
     /// Compress the files under --output-dir.
     #[arg(long, value_name = "CODEC", value_enum, requires = "output_dir")]
     pub compress: Option<CompressArg>,
+
+    /// Write each line as one record into Kafka instead of stdout: a comma-separated list of
+    /// bootstrap brokers (host:port). Records are keyed by symbol_id, idempotent, acks=all, zstd.
+    /// Needs --kafka-topic and a coinfeed built with the `kafka` feature.
+    #[arg(long, value_name = "LIST", requires = "kafka_topic", conflicts_with = "output_dir")]
+    pub kafka_brokers: Option<String>,
+
+    /// The Kafka topic the records go to (it must exist).
+    #[arg(long, value_name = "NAME", requires = "kafka_brokers")]
+    pub kafka_topic: Option<String>,
+
+    /// A librdkafka producer setting, KEY=VALUE (repeatable), e.g. --kafka-opt
+    /// security.protocol=ssl; it overrides coinfeed's own settings.
+    #[arg(long, value_name = "KEY=VALUE", requires = "kafka_brokers")]
+    pub kafka_opt: Vec<String>,
 
     /// Stop after N market-data lines (trade, quote, book, ohlcv, ..., REST-recovered and
     /// book_top lines; not control lines) are written, and exit 0.

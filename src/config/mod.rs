@@ -19,6 +19,7 @@ use crate::wire::DataType;
 
 pub mod cli;
 pub mod limits;
+pub mod shard;
 pub mod units;
 
 pub use cli::{BookOutput, CompressArg, PipelineArgs, ReplayArgs, RunArgs};
@@ -168,6 +169,10 @@ pub struct Config {
     pub source: Source,
     pub output: OutputConfig,
     pub serve: ServeConfig,
+    /// `--shard i/n`: the symbol list was cut to this shard's symbols.
+    pub shard: Option<shard::Shard>,
+    /// `--resume`: backfill from the last trades this shard wrote before it started.
+    pub resume: bool,
 }
 
 /// Where the pipeline's frames come from.
@@ -190,6 +195,29 @@ pub struct OutputConfig {
     pub compress: Option<CompressArg>,
     /// Stop after this many market-data lines.
     pub limit: Option<u64>,
+    /// Records into a Kafka topic instead of stdout.
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// `--kafka-brokers`, `--kafka-topic`, `--kafka-opt`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    /// librdkafka settings that override coinfeed's own, in the order given.
+    pub opts: Vec<(String, String)>,
+}
+
+/// Settings may hold credentials (`sasl.password`): Debug shows their keys only.
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&str> = self.opts.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("opts", &keys)
+            .finish()
+    }
 }
 
 /// The metrics endpoint.
@@ -233,8 +261,17 @@ impl Config {
                 ))
             }
         };
-        let symbols = parse_symbols(symbols_text)?;
+        let mut symbols = parse_symbols(symbols_text)?;
         let data_types = parse_types(&args.types)?;
+        let shard = match &args.shard {
+            Some(text) => {
+                let shard = shard::Shard::parse(text)
+                    .map_err(|p| err("--shard", p, "e.g. --shard 0/3 for the first of three shards"))?;
+                symbols = shard_symbols(symbols, shard)?;
+                Some(shard)
+            }
+            None => None,
+        };
 
         let api_key = match (api_key, args.sim) {
             (_, true) => ApiKey::new("simulator-key".to_string()),
@@ -297,6 +334,13 @@ impl Config {
         let stale_timeout = limits::seconds("--stale-timeout", args.stale_timeout)?;
         let backoff_max = limits::seconds("--backoff-max", args.backoff_max)?;
         let (output, serve, log_level) = parse_output(&args.pipeline)?;
+        if args.resume && output.dir.is_none() && output.kafka.is_none() {
+            return Err(err(
+                "--resume",
+                "looks for the last trades this shard wrote, and there is no --output-dir or --kafka-topic to look in",
+                "add the --output-dir (or --kafka-brokers and --kafka-topic) the previous run wrote to, or drop --resume",
+            ));
+        }
 
         Ok(Config {
             ingest: IngestConfig {
@@ -327,6 +371,8 @@ impl Config {
             source: Source::Live { record: args.record.clone() },
             output,
             serve,
+            shard,
+            resume: args.resume,
         })
     }
 
@@ -386,6 +432,8 @@ impl Config {
             source: Source::Replay { files: args.files.clone(), pace },
             output,
             serve,
+            shard: None,
+            resume: false,
         })
     }
 
@@ -466,11 +514,93 @@ fn parse_output(args: &PipelineArgs) -> Result<(OutputConfig, ServeConfig, log::
     let log_level = args.log_level.parse::<log::LevelFilter>().map_err(|_| {
         err("--log-level", format!("unknown level {:?}", args.log_level), "use one of error, warn, info, debug, trace")
     })?;
+    let kafka = parse_kafka(args)?;
     Ok((
-        OutputConfig { dir: args.output_dir.clone(), rotate, compress: args.compress, limit: args.limit },
+        OutputConfig { dir: args.output_dir.clone(), rotate, compress: args.compress, limit: args.limit, kafka },
         ServeConfig { metrics_listen },
         log_level,
     ))
+}
+
+/// `--kafka-brokers`, `--kafka-topic`, `--kafka-opt` (clap already holds that they come together
+/// and that --output-dir is not given).
+fn parse_kafka(args: &PipelineArgs) -> Result<Option<KafkaConfig>, ConfigError> {
+    let (Some(brokers), Some(topic)) = (&args.kafka_brokers, &args.kafka_topic) else { return Ok(None) };
+    if !cfg!(feature = "kafka") {
+        return Err(err(
+            "--kafka-brokers",
+            "this coinfeed was built without the Kafka sink",
+            "build it with `cargo build --release --features kafka` (./run.sh does when --kafka-brokers is given)",
+        ));
+    }
+    let list: Vec<&str> = brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).collect();
+    if list.is_empty() {
+        return Err(err("--kafka-brokers", "the list is empty", "e.g. --kafka-brokers kafka-1:9092,kafka-2:9092"));
+    }
+    for b in &list {
+        let port = b.rsplit_once(':').and_then(|(host, port)| (!host.is_empty()).then_some(port));
+        if port.and_then(|p| p.parse::<u16>().ok()).is_none_or(|p| p == 0) {
+            return Err(err(
+                "--kafka-brokers",
+                format!("{b:?} is not host:port"),
+                "write each broker as host:port, e.g. kafka-1:9092",
+            ));
+        }
+    }
+    let topic_ok = |t: &str| {
+        (1..=249).contains(&t.len())
+            && t != "."
+            && t != ".."
+            && t.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+    };
+    if !topic_ok(topic) {
+        return Err(err(
+            "--kafka-topic",
+            format!("{topic:?} is not a Kafka topic name"),
+            "topic names are 1 to 249 letters, digits, `.`, `_` and `-`",
+        ));
+    }
+    let mut opts = Vec::new();
+    for opt in &args.kafka_opt {
+        let Some((key, value)) = opt.split_once('=').map(|(k, v)| (k.trim(), v)).filter(|(k, _)| !k.is_empty()) else {
+            return Err(err(
+                "--kafka-opt",
+                format!("{:?} is not KEY=VALUE", opt.split('=').next().unwrap_or_default()),
+                "e.g. --kafka-opt linger.ms=20 (librdkafka's setting names)",
+            ));
+        };
+        if key == "bootstrap.servers" || key == "metadata.broker.list" {
+            return Err(err(
+                "--kafka-opt",
+                format!("{key} is set by --kafka-brokers"),
+                "name the brokers in --kafka-brokers",
+            ));
+        }
+        opts.push((key.to_string(), value.to_string()));
+    }
+    Ok(Some(KafkaConfig { brokers: list.join(","), topic: topic.clone(), opts }))
+}
+
+/// Cuts an exact symbol list to the symbols of `shard`.
+fn shard_symbols(symbols: Vec<SymbolFilter>, shard: shard::Shard) -> Result<Vec<SymbolFilter>, ConfigError> {
+    if let Some(SymbolFilter::Prefix(p)) = symbols.iter().find(|s| matches!(s, SymbolFilter::Prefix(_))) {
+        return Err(err(
+            "--shard",
+            format!("shards split an exact symbol list, and {p}* is a prefix filter (its symbols are not known in advance)"),
+            "list the symbols exactly (e.g. from CoinAPI's /v1/symbols), or run one process for the prefix without --shard",
+        ));
+    }
+    let total = symbols.len();
+    let kept: Vec<SymbolFilter> =
+        symbols.into_iter().filter(|s| matches!(s, SymbolFilter::Exact(x) if shard.keeps(x))).collect();
+    if kept.is_empty() {
+        return Err(err(
+            "--shard",
+            format!("none of the {total} symbols falls to shard {}/{}", shard.index, shard.count),
+            "use fewer shards than there are symbols, or give this shard a longer list",
+        ));
+    }
+    Ok(kept)
 }
 
 fn parse_symbols(text: &str) -> Result<Vec<SymbolFilter>, ConfigError> {
@@ -717,6 +847,68 @@ mod tests {
         assert!(opt_in.is_ok());
         let loopback = parse(&["--symbols", "A", "--ws-url", "ws://127.0.0.1:9/v1/"], Some("k")).expect("loopback");
         assert_eq!(loopback.ingest.ws.port, 9);
+    }
+
+    /// Proves `--shard` keeps exactly its share of an exact list (the three shards together are
+    /// the list, disjoint) and refuses what it cannot split.
+    #[test]
+    fn shards_split_an_exact_list_and_refuse_prefixes() {
+        let list: Vec<String> = (0..30).map(|i| format!("SIMK_SPOT_C{i:02}_USD")).collect();
+        let joined = list.join(",");
+        let mut all: Vec<String> = Vec::new();
+        for i in 0..3 {
+            let shard = format!("{i}/3");
+            let c = parse(&["--symbols", &joined, "--shard", &shard], Some("k")).expect("valid");
+            assert_eq!(c.shard, Some(shard::Shard { index: i, count: 3 }));
+            let kept: Vec<String> =
+                c.ingest.symbols.iter().map(|s| SymbolFilter::wire(s).trim_end_matches('$').to_string()).collect();
+            assert!(!kept.is_empty() && kept.len() < 30, "{kept:?}");
+            all.extend(kept);
+        }
+        all.sort();
+        assert_eq!(all, list, "every symbol in exactly one shard");
+        check_refused(&["--symbols", "A,B_*", "--shard", "0/2"], Some("k"), "--shard", "prefix filter");
+        check_refused(&["--symbols", "A", "--shard", "2/2"], Some("k"), "--shard", "from 0 to 1");
+        check_refused(&["--symbols", "A", "--shard", "x"], Some("k"), "--shard", "i/n");
+        // One symbol over 64 shards: most shards get nothing, which is refused, not run empty.
+        let empty =
+            (0..64).map(|i| format!("{i}/64")).find(|s| parse(&["--symbols", "A", "--shard", s], Some("k")).is_err());
+        let e = parse(&["--symbols", "A", "--shard", &empty.expect("an empty shard")], Some("k")).expect_err("empty");
+        assert!(e.problem.contains("none of the 1 symbols"), "{e}");
+    }
+
+    #[test]
+    fn kafka_and_resume_flags_are_checked() {
+        check_refused(&["--symbols", "A", "--resume"], Some("k"), "--resume", "no --output-dir");
+        let resumed = parse(&["--symbols", "A", "--resume", "--output-dir", "d"], Some("k")).expect("valid");
+        assert!(resumed.resume);
+        let kafka = ["--symbols", "A", "--kafka-brokers", "127.0.0.1:9092", "--kafka-topic", "feed"];
+        if !cfg!(feature = "kafka") {
+            check_refused(&kafka, Some("k"), "--kafka-brokers", "without the Kafka sink");
+            return;
+        }
+        let c = parse(
+            &[&kafka[..], &["--kafka-opt", "linger.ms=20", "--kafka-opt", "sasl.password=SECRET"]].concat(),
+            Some("k"),
+        )
+        .expect("valid");
+        let k = c.output.kafka.as_ref().expect("kafka");
+        assert_eq!((k.brokers.as_str(), k.topic.as_str(), k.opts.len()), ("127.0.0.1:9092", "feed", 2));
+        assert!(!format!("{c:?}").contains("SECRET"), "settings' values never show in Debug output");
+        fn with<'a>(kafka: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+            [kafka, extra].concat()
+        }
+        check_refused(&with(&kafka, &["--kafka-opt", "novalue"]), Some("k"), "--kafka-opt", "KEY=VALUE");
+        check_refused(
+            &with(&kafka, &["--kafka-opt", "bootstrap.servers=x:1"]),
+            Some("k"),
+            "--kafka-opt",
+            "--kafka-brokers",
+        );
+        let bad_broker = ["--symbols", "A", "--kafka-brokers", "nohost", "--kafka-topic", "feed"];
+        check_refused(&bad_broker, Some("k"), "--kafka-brokers", "host:port");
+        let bad_topic = ["--symbols", "A", "--kafka-brokers", "h:1", "--kafka-topic", "a b"];
+        check_refused(&bad_topic, Some("k"), "--kafka-topic", "not a Kafka topic");
     }
 
     #[test]

@@ -294,6 +294,16 @@ registry! {
     control_lines_lost: Counter, Summary;
     /// Bytes written to stdout.
     bytes_written: Counter, Summary;
+    /// Kafka sink: records the broker acknowledged (absent without --kafka-brokers).
+    delivered: OptionalGauge, Both;
+    /// Kafka sink: records not delivered (refused, timed out, or unacknowledged at exit and purged).
+    delivery_failed: OptionalGauge, Both;
+    /// Kafka sink: records handed to librdkafka and not yet reported on.
+    delivery_in_flight: OptionalGauge, Endpoint;
+    /// Kafka sink: median time from a line's recv_time to its acknowledgement, microseconds (sampled 1 in 16; 19% buckets).
+    kafka_ack_p50_us: OptionalGauge, Summary;
+    /// Kafka sink: 99th percentile of the same, microseconds.
+    kafka_ack_p99_us: OptionalGauge, Summary;
     /// Highest depth any worker channel reached.
     max_queue_depth: Gauge, Both;
     /// Bytes the worker queues hold together (the health line's buffer_kib, in bytes).

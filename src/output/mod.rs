@@ -1,7 +1,9 @@
 //! The output side: `ndjson` owns every line shape and the `Batch` that carries whole lines with
 //! their counts; `writer` is the one thread that writes batches to stdout (or the sink it was
-//! given).
+//! given), or, with the `kafka` feature, to a Kafka topic (`kafka`).
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod ndjson;
 pub mod sink;
 pub mod writer;

@@ -128,6 +128,9 @@ pub struct Finished {
 pub enum Sink<W: Write> {
     Stream(W),
     Files(Rotating),
+    /// One record per line into a Kafka topic (`--kafka-brokers`).
+    #[cfg(feature = "kafka")]
+    Kafka(Box<crate::output::kafka::KafkaSink>),
 }
 
 impl<W: Write> Sink<W> {
@@ -136,6 +139,8 @@ impl<W: Write> Sink<W> {
         match self {
             Sink::Stream(w) => w.write_all(bytes),
             Sink::Files(files) => files.write(bytes, lines, now_unix_ns),
+            #[cfg(feature = "kafka")]
+            Sink::Kafka(k) => k.write(bytes),
         }
     }
 
@@ -144,6 +149,8 @@ impl<W: Write> Sink<W> {
         match self {
             Sink::Stream(w) => w.flush(),
             Sink::Files(files) => files.flush(),
+            #[cfg(feature = "kafka")]
+            Sink::Kafka(_) => Ok(()),
         }
     }
 
@@ -152,31 +159,80 @@ impl<W: Write> Sink<W> {
         match self {
             Sink::Stream(_) => Ok(()),
             Sink::Files(files) => files.tick(now_unix_ns),
+            #[cfg(feature = "kafka")]
+            Sink::Kafka(k) => {
+                k.poll();
+                Ok(())
+            }
         }
     }
 
     /// Files finished so far, for `metrics.files_finished` (0 for a stream).
     pub fn files_finished(&self) -> u64 {
         match self {
-            Sink::Stream(_) => 0,
             Sink::Files(files) => files.files_finished(),
+            _ => 0,
         }
     }
 
     /// The file being written, for a log line; `None` for a stream.
     pub fn status(&self) -> Option<FileStatus> {
         match self {
-            Sink::Stream(_) => None,
             Sink::Files(files) => Some(files.status()),
+            _ => None,
         }
+    }
+
+    /// Where the lines go, for a log line.
+    pub fn describe(&self) -> String {
+        match self {
+            Sink::Stream(_) => "stdout".into(),
+            Sink::Files(_) => "the output files".into(),
+            #[cfg(feature = "kafka")]
+            Sink::Kafka(k) => format!("{k:?}"),
+        }
+    }
+
+    /// The Kafka sink's delivery reports so far, into the metrics (nothing for other sinks).
+    pub fn report(&self, metrics: &crate::metrics::Metrics) {
+        #[cfg(feature = "kafka")]
+        if let Sink::Kafka(k) = self {
+            let d = k.deliveries();
+            metrics.delivered.set(d.delivered);
+            metrics.delivery_failed.set(d.failed);
+            metrics.delivery_in_flight.set(k.in_flight());
+            if let Some(p) = d.ack_p50_us {
+                metrics.kafka_ack_p50_us.set(p);
+            }
+            if let Some(p) = d.ack_p99_us {
+                metrics.kafka_ack_p99_us.set(p);
+            }
+        }
+        let _ = metrics;
     }
 
     /// Flushes a stream; finishes the last file of a set.
     /// Returns the files finished in all (0 for a stream).
-    pub fn finish(self) -> io::Result<u64> {
+    pub fn finish(self, metrics: &crate::metrics::Metrics) -> io::Result<u64> {
+        let _ = metrics;
         match self {
             Sink::Stream(mut w) => w.flush().map(|()| 0),
             Sink::Files(files) => files.finish().map(|f| f.files),
+            #[cfg(feature = "kafka")]
+            Sink::Kafka(k) => {
+                let reported = k.finish();
+                let d = reported.as_ref().map_or_else(|(d, _)| *d, |d| *d);
+                metrics.delivered.set(d.delivered);
+                metrics.delivery_failed.set(d.failed);
+                metrics.delivery_in_flight.set(0);
+                if let Some(p) = d.ack_p50_us {
+                    metrics.kafka_ack_p50_us.set(p);
+                }
+                if let Some(p) = d.ack_p99_us {
+                    metrics.kafka_ack_p99_us.set(p);
+                }
+                reported.map(|_| 0).map_err(|(_, e)| e)
+            }
         }
     }
 }
@@ -186,6 +242,8 @@ impl<W: Write> fmt::Debug for Sink<W> {
         match self {
             Sink::Stream(_) => f.write_str("Sink::Stream"),
             Sink::Files(files) => f.debug_tuple("Sink::Files").field(files).finish(),
+            #[cfg(feature = "kafka")]
+            Sink::Kafka(k) => f.debug_tuple("Sink::Kafka").field(k).finish(),
         }
     }
 }
@@ -1073,7 +1131,8 @@ mod tests {
         sink.tick(i128::MAX).expect("tick");
         sink.flush().expect("flush");
         assert_eq!((sink.files_finished(), sink.status()), (0, None));
-        sink.finish().expect("finish");
+        let metrics = crate::metrics::Metrics::new(1);
+        sink.finish(&metrics).expect("finish");
         assert_eq!(out, b"{\"a\":1}\n");
 
         let tmp = TempDir::new("sink");
@@ -1085,7 +1144,7 @@ mod tests {
         sink.tick(start + 60 * NS).expect("tick");
         assert_eq!(sink.files_finished(), 1);
         assert_eq!(sink.status().map(|s| s.finished), Some(1));
-        sink.finish().expect("finish");
+        sink.finish(&metrics).expect("finish");
         assert_eq!(names(&tmp.0), ["coinfeed-20261201T160000Z.ndjson"]);
     }
 }

@@ -57,6 +57,7 @@ pub fn run<W: Write>(
                     return failed(e, &sink, LineCounts::default(), &rx, metrics, shutdown);
                 }
                 metrics.files_finished.set(sink.files_finished());
+                sink.report(metrics);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -88,35 +89,42 @@ pub fn run<W: Write>(
         metrics.book_top_lines.add(lines.book_top);
         metrics.bytes_written.add(bytes.len() as u64);
         metrics.files_finished.set(sink.files_finished());
+        sink.report(metrics);
         data_written += lines.data();
         if limit == Some(data_written) {
             log::info!("--limit reached: {data_written} market-data lines written; stopping");
             shutdown.request();
-            return match sink.finish() {
+            let files = sink.status().is_some();
+            return match sink.finish(metrics) {
                 Ok(files) => {
                     metrics.files_finished.set(files);
                     WriterExit::LimitReached
                 }
-                Err(e) => finish_failed(e),
+                Err(e) => finish_failed(e, files),
             };
         }
     }
-    match sink.finish() {
+    let files = sink.status().is_some();
+    match sink.finish(metrics) {
         Ok(files) => {
             metrics.files_finished.set(files);
             WriterExit::Drained
         }
         Err(e) if e.kind() == ErrorKind::BrokenPipe => WriterExit::OutputClosed,
-        Err(e) => finish_failed(e),
+        Err(e) => finish_failed(e, files),
     }
 }
 
 /// The last flush, or finishing the last file (fsync, rename), failed: every line was given to
-/// the output, but the last file is left as its `.part`.
-fn finish_failed(e: std::io::Error) -> WriterExit {
-    log::error!(
-        "cannot finish the output: {e}; the last file is left as .part (its lines were written, the rename was not)"
-    );
+/// the output, but the last file is left as its `.part` (or Kafka did not take every record).
+fn finish_failed(e: std::io::Error, files: bool) -> WriterExit {
+    if files {
+        log::error!(
+            "cannot finish the output: {e}; the last file is left as .part (its lines were written, the rename was not)"
+        );
+    } else {
+        log::error!("cannot finish the output: {e}");
+    }
     WriterExit::Failed(e.to_string())
 }
 
@@ -141,7 +149,8 @@ fn failed<W: Write>(
     let batch = failed_batch.data() + failed_batch.control;
     match sink.status() {
         None => log::error!(
-            "cannot write to stdout: {e}; stopping: this batch ({batch} lines) and the {queued} lines after it are not written"
+            "cannot write to {}: {e}; stopping: this batch ({batch} lines, some may have been handed over) and the {queued} lines after it are not written",
+            sink.describe()
         ),
         Some(status) => {
             let part = status.part.map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into());

@@ -8,6 +8,8 @@ mod delivery;
 mod failures;
 mod gaps;
 mod harness;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod key_leak;
 mod lifecycle;
 mod metrics_endpoint;
