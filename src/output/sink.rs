@@ -399,6 +399,54 @@ fn utc_stamp(unix_ns: i128) -> String {
     )
 }
 
+/// A name `Rotating` gives its files, taken apart: `<prefix>-<stamp>[_NNN].<extension>` with the
+/// compression's suffix and, while written, `.part` (the names `open_next` makes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileName<'a> {
+    /// `YYYYMMDDTHHMMSSZ`: the UTC second the file starts at.
+    pub stamp: &'a str,
+    /// The `_NNN` that made the name free (`0`: none).
+    pub suffix: u32,
+    pub compress: Compress,
+    /// Still being written (or left by a run that died): its last line may be cut.
+    pub part: bool,
+}
+
+impl FileName<'_> {
+    /// Orders names in the time order of their files, a `.part` with its final name: the stamp,
+    /// then the suffix.
+    pub fn time_order(&self) -> (&str, u32) {
+        (self.stamp, self.suffix)
+    }
+}
+
+/// Recognizes a name of the files of `prefix` and `extension` (as `FileSet` says them); `None`
+/// for any other name, hidden files (the start-up probe) included.
+pub fn parse_name<'a>(name: &'a str, prefix: &str, extension: &str) -> Option<FileName<'a>> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
+    let (rest, part) = match rest.strip_suffix(".part") {
+        Some(rest) => (rest, true),
+        None => (rest, false),
+    };
+    let (rest, compress) = [Compress::Zstd, Compress::Gzip]
+        .into_iter()
+        .find_map(|c| rest.strip_suffix(c.suffix()).map(|r| (r, c)))
+        .unwrap_or((rest, Compress::None));
+    let rest = rest.strip_suffix(extension)?.strip_suffix('.')?;
+    let (stamp, suffix) = match rest.split_once('_') {
+        Some((stamp, n)) => {
+            let digits = n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit());
+            let n: u32 = n.parse().ok().filter(|n| digits && (1..=NAME_SUFFIXES_MAX).contains(n))?;
+            (stamp, n)
+        }
+        None => (rest, 0),
+    };
+    let b = stamp.as_bytes();
+    let digit = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    let is_stamp = b.len() == 16 && digit(0..8) && b[8] == b'T' && digit(9..15) && b[15] == b'Z';
+    is_stamp.then_some(FileName { stamp, suffix, compress, part })
+}
+
 /// Makes a rename (or a removal) in `dir` durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| at(dir, e))
@@ -1096,6 +1144,38 @@ mod tests {
             s.extension = extension.to_string();
             let e = Rotating::open(s, 0).expect_err("refused");
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{prefix:?} {extension:?}: {e}");
+        }
+    }
+
+    /// Proves the names `Rotating` makes are recognized (with their order, compression and
+    /// `.part`), and that hidden files and other names are not.
+    #[test]
+    fn names_are_taken_apart_as_made() {
+        let tmp = TempDir::new("parse-names");
+        let at16 = utc(2026, 12, 1, 16, 0, 0);
+        fs::write(tmp.0.join("coinfeed-20261201T160000Z.ndjson.zst"), b"old\n").expect("old file");
+        let mut files = Rotating::open(set(&tmp.0, None, Compress::Zstd), at16).expect("open");
+        files.write(&batch(0, 1), 1, at16).expect("write");
+        let made = names(&tmp.0);
+        assert_eq!(made[1], "coinfeed-20261201T160000Z_001.ndjson.zst.part");
+        let parsed = parse_name(&made[1], "coinfeed", "ndjson");
+        let expected = FileName { stamp: "20261201T160000Z", suffix: 1, compress: Compress::Zstd, part: true };
+        assert_eq!(parsed, Some(expected));
+        files.finish().expect("finish");
+        for (name, expected) in [
+            ("coinfeed-20261201T160000Z.ndjson", Some(("20261201T160000Z", 0, Compress::None, false))),
+            ("coinfeed-20261201T160000Z.ndjson.part", Some(("20261201T160000Z", 0, Compress::None, true))),
+            ("coinfeed-20261201T160000Z_999.ndjson.gz", Some(("20261201T160000Z", 999, Compress::Gzip, false))),
+            ("coinfeed-20261201T160000Z_000.ndjson", None),
+            ("coinfeed-20261201T160000Z_01.ndjson", None),
+            ("coinfeed-20261201T160000Z.ndjson.bz2", None),
+            ("coinfeed-2026-12-01.ndjson", None),
+            ("coinfeed-20261201T160000Z.cfrec", None),
+            (".coinfeed-probe-1", None),
+            ("other-20261201T160000Z.ndjson", None),
+        ] {
+            let got = parse_name(name, "coinfeed", "ndjson").map(|f| (f.stamp, f.suffix, f.compress, f.part));
+            assert_eq!(got, expected, "{name}");
         }
     }
 

@@ -39,6 +39,7 @@ pub mod windows;
 
 use dedup::TradeId;
 use sequence::SeqOutcome;
+pub use symbols::ResumePoint;
 use symbols::{BookStep, SymbolTable, TableLimits, WindowAllowance};
 use windows::{Closed, TooManyGaps, Window};
 
@@ -131,6 +132,23 @@ impl<'a> Worker<'a> {
     /// Runs on recorded time (a replay): idle ticks carry the last input's time.
     pub fn with_replay_clock(mut self, replay: bool) -> Worker<'a> {
         self.replay_clock = replay.then_some(0);
+        self
+    }
+
+    /// Seeds the symbols a previous run wrote (`--resume`, the points `output::resume` finds),
+    /// before the first connection, which then recovers each symbol's trades from its last one
+    /// (`SymbolTable::resume`). A point the table refuses (full) is only counted, in one warning.
+    pub fn with_resume(mut self, points: Vec<ResumePoint>, now_unix_ns: i128) -> Worker<'a> {
+        let total = points.len();
+        let refused =
+            points.iter().filter(|p| !self.symbols.resume(&p.symbol_id, p.last_trade_ns, &p.ids, now_unix_ns)).count();
+        if refused > 0 {
+            log::warn!(
+                "{}: {refused} of {total} resume points refused: its symbol table is full ({} symbols)",
+                self.name,
+                self.symbols.limits().symbols_max
+            );
+        }
         self
     }
 
@@ -719,6 +737,33 @@ mod tests {
         frame(&format!(
             r#"{{"type":"trade","symbol_id":"A","sequence":{seq},"time_exchange":"2017-03-18T22:42:{second:02}.0000000Z","uuid":"{uuid}","price":1,"size":1}}"#
         ))
+    }
+
+    /// Proves a resumed worker reports each seeded symbol's trade stream as a reconnect gap of
+    /// its first connection (a point the full table refuses gets none), and does not write again
+    /// a trade the previous run wrote.
+    #[test]
+    fn a_resumed_worker_starts_with_a_reconnect_gap() {
+        let metrics = Metrics::new(1);
+        let limits = TableLimits { symbols_max: 1, trade_ids_per_symbol: 256 };
+        let point = |symbol: &str| ResumePoint {
+            symbol_id: symbol.to_string(),
+            last_trade_ns: 1_489_876_930_000_000_000,
+            ids: vec![("U1".to_string(), 1_489_876_930_000_000_000)],
+        };
+        let mut w = Worker::new(0, limits, &metrics).with_resume(vec![point("A"), point("B")], 0);
+        w.handle(WorkerInput::Connected { generation: 1, at_unix_ns: 1_489_876_941_000_000_000 });
+        w.handle(trade(1, 12, "u1"));
+        w.handle(trade(2, 13, "u2"));
+        let out = text(&w.take_batch());
+        assert!(
+            out.contains(r#""type":"gap","data_type":"trade","symbol_id":"A","reason":"reconnect","generation":1"#),
+            "{out}"
+        );
+        assert!(!out.contains(r#""symbol_id":"B""#), "{out}");
+        assert!(!out.contains(r#""uuid":"u1""#) && out.contains(r#""uuid":"u2""#), "{out}");
+        let s = metrics.snapshot();
+        assert_eq!((s.reconnect_gaps, s.duplicate_trades), (1, 1));
     }
 
     fn rest_trade(second: u32, uuid: &str) -> Box<serde_json::value::RawValue> {

@@ -7,7 +7,9 @@
 //! sequence state is per generation: a new connection starts every stream afresh (no false gap at
 //! the boundary), and the streams that were live when the old one died are handed back as
 //! "reconnect" gaps, because whatever happened between the two connections was lost. Trade ids
-//! survive a reconnect: recovered REST records overlap what the old connection delivered.
+//! survive a reconnect: recovered REST records overlap what the old connection delivered. A
+//! resumed run (`resume`) seeds a symbol's last trade and recent ids before its first
+//! connection, which then recovers what was lost between the two runs as a reconnect gap.
 //!
 //! Entries are never evicted. With exact symbols the bound is the list itself; with a prefix
 //! filter whose symbols churn past the bound, a new symbol's messages are still written but not
@@ -74,6 +76,17 @@ pub struct TradeVisit {
 pub struct WindowAllowance {
     pub next_id: u64,
     pub pins_left: usize,
+}
+
+/// Where a symbol's trades stood when a previous run stopped (`--resume`): what
+/// `SymbolTable::resume` seeds it with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    pub symbol_id: String,
+    /// The latest exchange time of a trade it wrote, Unix ns.
+    pub last_trade_ns: i64,
+    /// The uuids of the trades it wrote just before, with their exchange times (Unix ns).
+    pub ids: Vec<(String, i64)>,
 }
 
 /// How far exchange times of consecutive trades were seen to disagree with their order (~50 ms),
@@ -325,6 +338,43 @@ impl SymbolTable {
         streams
     }
 
+    /// Seeds `symbol_id` with what a previous run wrote (`--resume`): its last trade at
+    /// `last_trade_ns` and the ids of the trades just before it (`(uuid, time_ns)`), so the
+    /// first connection's start returns its trade stream as a reconnect gap, whose window runs
+    /// from the last trade (less the margin) to the new connection's first trade and is
+    /// de-duplicated against these ids. Only before any connection: false once a generation has
+    /// started, or when the table is full.
+    pub fn resume(&mut self, symbol_id: &str, last_trade_ns: i64, ids: &[(String, i64)], now_unix_ns: i128) -> bool {
+        if self.generation != 0 {
+            return false;
+        }
+        let capacity = self.limits.trade_ids_per_symbol;
+        // Oldest first, so a full memory forgets the oldest, as it does for the stream.
+        let mut ordered: Vec<&(String, i64)> = ids.iter().collect();
+        ordered.sort_by_key(|(_, t)| *t);
+        let seeded = self.with_symbol(symbol_id, now_unix_ns, |state| {
+            for (uuid, time_ns) in ordered {
+                if let Some(key) = dedup::id_key(uuid) {
+                    state.trades.insert_key(key, *time_ns, capacity);
+                }
+            }
+            // Before any connection only a resume sets the last trade: a second one for the
+            // symbol finds its stream listed already.
+            let listed = state.last_trade_ns.is_some();
+            state.last_trade_ns = Some(state.last_trade_ns.map_or(last_trade_ns, |l| l.max(last_trade_ns)));
+            listed
+        });
+        match seeded {
+            None => false,
+            Some(listed) => {
+                if !listed {
+                    self.reconnected.push((DataType::Trade, symbol_id.to_string()));
+                }
+                true
+            }
+        }
+    }
+
     /// Ends the current generation: its live streams join the reconnect list (deduplicated; at
     /// most `symbols_max × N_TYPES` of them) and every sequence is forgotten.
     fn advance(&mut self, generation: u64) {
@@ -493,6 +543,122 @@ mod tests {
             t.with_symbol("A", 0, |s| s.recovered_trade(None, UUID_REST, None, cap, &mut 0)),
             Some(TradeId::Seen)
         );
+    }
+
+    const S: i64 = 1_000_000_000;
+
+    fn allowance() -> WindowAllowance {
+        WindowAllowance { next_id: 1, pins_left: 1_000 }
+    }
+
+    #[test]
+    fn a_resumed_symbol_is_a_reconnect_gap_of_the_first_connection() {
+        // Proves a seeded symbol's trade stream is returned once by the first connection's start,
+        // like a stream live before it, while an unseeded symbol is not; a second resume of the
+        // same symbol keeps the later time and lists it once.
+        let mut t = table(10);
+        assert!(t.resume("A", 100 * S, &[], 7));
+        assert!(t.resume("A", 90 * S, &[], 7));
+        assert!(t.resume("B", 50 * S, &[], 7));
+        t.with_symbol("C", 7, |_| ());
+        assert_eq!(t.with_symbol("A", 0, |s| (s.last_trade_ns, s.last_data_unix_ns)), Some((Some(100 * S), 7)));
+        assert_eq!(t.start_generation(1), vec![(Trade, "A".to_string()), (Trade, "B".to_string())]);
+        assert_eq!(t.start_generation(1), vec![]);
+        assert!(!t.resume("D", 100 * S, &[], 7), "too late once a connection started");
+        assert_eq!(t.with_symbol("D", 0, |s| s.last_trade_ns), Some(None));
+    }
+
+    #[test]
+    fn a_resume_is_kept_when_a_frame_of_the_first_connection_comes_first() {
+        // Proves the seeded gap survives a first frame that starts generation 1 before the
+        // worker hears of the connection.
+        let mut t = table(10);
+        assert!(t.resume("A", 100 * S, &[], 0));
+        assert_eq!(t.observe(1, Quote, "A", 1), SeqOutcome::First);
+        assert_eq!(t.start_generation(1), vec![(Trade, "A".to_string())]);
+    }
+
+    #[test]
+    fn a_resume_is_refused_when_the_table_is_full() {
+        // Proves the table's one bound holds for seeded symbols too.
+        let mut t = table(1);
+        assert!(t.resume("A", S, &[], 0));
+        assert!(!t.resume("B", S, &[], 0));
+        assert_eq!(t.start_generation(1), vec![(Trade, "A".to_string())]);
+    }
+
+    #[test]
+    fn the_reconnect_window_of_a_resume_starts_at_the_seeded_last_trade() {
+        // Proves the first connection's window runs from the seeded last trade less the margin
+        // to the new connection's first trade, with the seeded ids pinned: a recovered copy of
+        // one is a duplicate, in either case.
+        let mut t = table(10);
+        let cap = t.limits().trade_ids_per_symbol;
+        let ids = vec![(UUID_WS.to_string(), 100 * S), ("other-id".to_string(), 99 * S)];
+        assert!(t.resume("A", 100 * S, &ids, 0));
+        assert_eq!(t.start_generation(1), vec![(Trade, "A".to_string())]);
+        let mut allowance = allowance();
+        let now = 200 * i128::from(S);
+        let opened = t.with_symbol("A", now, |s| s.open_reconnect_window(1, now, cap, &mut allowance)).flatten();
+        assert_eq!(opened, Some(Ok(1)));
+        let visit = t
+            .with_symbol("A", now, |s| s.stream_trade(&uuid(1), Some(150 * S), None, 1, now, cap, &mut allowance))
+            .expect("tracked");
+        assert_eq!(visit.id, TradeId::New);
+        let later = now + 10 * i128::from(S);
+        let due = t.due_windows(later);
+        assert_eq!(
+            due,
+            vec![("A".to_string(), Closed { id: 1, start_ns: 100 * S - MARGIN_NS, end_ns: 150 * S + MARGIN_NS })]
+        );
+        let mut pins = 1_000;
+        for (uuid, expected) in [(UUID_REST, TradeId::Seen), ("OTHER-ID", TradeId::Seen), (&*uuid(2), TradeId::New)] {
+            let got = t.with_symbol("A", later, |s| s.recovered_trade(Some(1), uuid, Some(120 * S), cap, &mut pins));
+            assert_eq!(got, Some(expected), "{uuid}");
+        }
+    }
+
+    #[test]
+    fn a_seeded_id_given_again_by_the_stream_is_a_duplicate() {
+        // Proves the seeded ids are in the symbol's trade-id memory, case-insensitively: the
+        // stream repeating a trade the previous run wrote does not write it again.
+        let mut t = table(10);
+        let cap = t.limits().trade_ids_per_symbol;
+        let ids = vec![(UUID_WS.to_string(), 100 * S), ("ab12-Trade".to_string(), 100 * S)];
+        assert!(t.resume("A", 100 * S, &ids, 0));
+        t.start_generation(1);
+        let mut allowance = allowance();
+        for (uuid, expected) in [
+            (UUID_WS, TradeId::Seen),
+            (UUID_REST, TradeId::Seen),
+            ("AB12-TRADE", TradeId::Seen),
+            ("", TradeId::Unremembered),
+        ] {
+            let visit = t
+                .with_symbol("A", 0, |s| s.stream_trade(uuid, Some(100 * S), None, 1, 0, cap, &mut allowance))
+                .expect("tracked");
+            assert_eq!(visit.id, expected, "{uuid:?}");
+        }
+        let visit = t.with_symbol("A", 0, |s| s.stream_trade(&uuid(3), Some(101 * S), None, 1, 0, cap, &mut allowance));
+        assert_eq!(visit.map(|v| v.id), Some(TradeId::New));
+    }
+
+    #[test]
+    fn seeded_ids_beyond_the_memory_keep_the_newest() {
+        // Proves the seeded ids go in oldest first whatever their order, so a memory smaller
+        // than them forgets the oldest, as it does for the stream.
+        let mut t = SymbolTable::new(TableLimits { symbols_max: 10, trade_ids_per_symbol: 2 });
+        let ids: Vec<(String, i64)> = [3, 1, 2].into_iter().map(|i| (uuid(i), i as i64 * S)).collect();
+        assert!(t.resume("A", 3 * S, &ids, 0));
+        let mut pins = 0;
+        for (i, expected) in [(1, TradeId::New), (3, TradeId::Seen)] {
+            let got = t.with_symbol("A", 0, |s| s.recovered_trade(None, &uuid(i), None, 2, &mut pins));
+            assert_eq!(got, Some(expected), "{i}");
+        }
+    }
+
+    fn uuid(n: u64) -> String {
+        format!("00000000-0000-4000-8000-{n:012x}")
     }
 
     #[test]
