@@ -39,7 +39,7 @@ use crate::recovery::handle::RecoveryHandle;
 use crate::recovery::rest::RestClient;
 use crate::recovery::Recovery;
 use crate::shutdown::Shutdown;
-use crate::worker::symbols::TableLimits;
+use crate::worker::symbols::{ResumePoint, TableLimits};
 use crate::worker::Worker;
 
 /// How often the supervisor looks at the shutdown flag and the clock.
@@ -77,6 +77,8 @@ pub struct Services {
     /// The Kafka sink, connected and checked (`--kafka-brokers`); the output goes there.
     #[cfg(feature = "kafka")]
     pub kafka: Option<Box<crate::output::kafka::KafkaSink>>,
+    /// `--resume`: each symbol's last trade as this shard wrote it before, for its worker.
+    pub resume: Vec<ResumePoint>,
 }
 
 /// The first thread failure of a run, kept for the outcome.
@@ -92,12 +94,12 @@ pub fn run<W: Write + Send + 'static>(
     services: Services,
 ) -> Outcome {
     let started = Instant::now();
-    #[cfg(feature = "kafka")]
     let mut services = services;
     #[cfg(feature = "kafka")]
     let kafka = services.kafka.take();
     #[cfg(not(feature = "kafka"))]
     let kafka = None;
+    let resume = std::mem::take(&mut services.resume);
     let sink = match open_sink(&config, out, kafka) {
         Ok(sink) => sink,
         Err(e) => return Outcome::StartFailed(e),
@@ -115,7 +117,7 @@ pub fn run<W: Write + Send + 'static>(
         let (config, shutdown, metrics) = (Arc::clone(&config), Arc::clone(&shutdown), Arc::clone(&metrics));
         let budget = Arc::clone(&budget);
         thread::Builder::new().name("pipeline".into()).spawn(move || {
-            let io = Io { sink, recorder, listener, started };
+            let io = Io { sink, recorder, listener, started, resume };
             let outcome = run_threads(&config, &shutdown, &metrics, &budget, rest, io);
             let _ = done_tx.send(outcome);
         })
@@ -244,6 +246,7 @@ struct Io<W: Write> {
     recorder: Option<Rotating>,
     listener: Option<TcpListener>,
     started: Instant,
+    resume: Vec<ResumePoint>,
 }
 
 /// The health line redrawn in place once a second when stderr is a terminal (rate, drops,
@@ -334,9 +337,13 @@ fn run_threads<W: Write + Send>(
     rest: RestClient,
     io: Io<W>,
 ) -> Outcome {
-    let Io { sink, recorder, listener, started } = io;
+    let Io { sink, recorder, listener, started, resume } = io;
     let pc = &config.pipeline;
     let n = pc.n_workers;
+    let mut resume_by_worker: Vec<Vec<ResumePoint>> = (0..n).map(|_| Vec::new()).collect();
+    for point in resume {
+        resume_by_worker[lanes::route(point.symbol_id.as_bytes(), n)].push(point);
+    }
     let (writer_tx, writer_rx) = crossbeam_channel::bounded::<Batch>((n + 1) * WRITER_QUEUE_PER_PRODUCER);
     let (lanes, recovery_lanes, worker_rxs) = lanes::worker_queues(budget, pc.queue_capacity, pc.queue_wait, metrics);
     let recovery_handle = RecoveryHandle::new(&config.recovery, Instant::now());
@@ -372,14 +379,16 @@ fn run_threads<W: Write + Send>(
         let record_tap = recording.is_some().then_some(record_queue);
         let workers: Vec<_> = worker_rxs
             .into_iter()
+            .zip(resume_by_worker)
             .enumerate()
-            .map(|(id, rx)| {
+            .map(|(id, (rx, resume))| {
                 let tx = writer_tx.clone();
                 spawn(s, format!("worker-{id}"), failure, shutdown, move || {
                     Worker::new(id, limits, metrics)
                         .with_recovery(recovery_handle, resyncs)
                         .with_books(books)
                         .with_replay_clock(replay)
+                        .with_resume(resume, unix_now_ns())
                         .run(rx, tx, budget)
                 })
             })

@@ -13,8 +13,10 @@ use clap::{Parser, Subcommand};
 use coinfeed::app::{self, Outcome};
 use coinfeed::config::{Config, ConfigError, Source, SymbolFilter};
 use coinfeed::metrics::Metrics;
+use coinfeed::output::resume::{self, TailScan};
 use coinfeed::output::sink::Rotating;
 use coinfeed::shutdown::Shutdown;
+use coinfeed::worker::symbols::ResumePoint;
 use coinfeed_sim as sim;
 
 /// Every exit code of the program, listed in `--help` and README.md.
@@ -182,12 +184,17 @@ fn run_pipeline(mut config: Config) -> Exit {
         Ok(k) => k,
         Err(e) => return usage_error(&e),
     };
+    let resume = match find_resume_points(&config) {
+        Ok(points) => points,
+        Err(e) => return usage_error(&e),
+    };
     let metrics = Arc::new(Metrics::new(config.pipeline.n_workers));
     let services = app::Services {
         metrics_listener: listener,
         live_status,
         #[cfg(feature = "kafka")]
         kafka,
+        resume,
     };
     let outcome = app::run(Arc::new(config), shutdown, metrics, std::io::stdout(), services);
     if let Some(s) = simulator {
@@ -242,6 +249,92 @@ fn connect_kafka(
             fix: "check the brokers' addresses and that the topic exists (coinfeed does not create it)".into(),
         },
     )
+}
+
+/// `--resume`: each subscribed symbol's last trade in what this shard wrote before (the newest
+/// files of `--output-dir`, or the end of every partition of the Kafka topic), with the ids of
+/// the trades just before it, so the first connection backfills from there without a duplicate.
+fn find_resume_points(config: &Config) -> Result<Vec<ResumePoint>, ConfigError> {
+    if !config.resume {
+        return Ok(Vec::new());
+    }
+    let ours = |symbol: &[u8]| {
+        config.ingest.symbols.iter().any(|f| match f {
+            SymbolFilter::Exact(x) => x.as_bytes() == symbol,
+            SymbolFilter::Prefix(p) => symbol.starts_with(p.as_bytes()),
+        })
+    };
+    let mut scan = TailScan::new(config.limits.trade_ids_per_symbol, config.limits.symbols_total);
+    let place = if let Some(dir) = &config.output.dir {
+        let (finished, left) =
+            coinfeed::output::sink::finish_leftovers(dir, "coinfeed", resume::EXTENSION).map_err(|e| ConfigError {
+                flag: "--resume",
+                problem: format!("cannot finish the files a previous run left in {}: {e}", dir.display()),
+                fix: "check the directory's permissions, or start without --resume".into(),
+            })?;
+        for f in &finished {
+            log::info!(
+                "resume: {} was left unfinished by a previous run: cut after its last whole line and renamed",
+                f.display()
+            );
+        }
+        for f in &left {
+            log::warn!(
+                "resume: {} was left unfinished by a previous run; compressed, it is left as it is",
+                f.display()
+            );
+        }
+        let read = resume::scan_dir(dir, "coinfeed", resume::SCAN_BYTES_MAX, &mut scan).map_err(|e| ConfigError {
+            flag: "--resume",
+            problem: format!("cannot read the previous output in {}: {e}", dir.display()),
+            fix: "check the directory's permissions, or start without --resume".into(),
+        })?;
+        format!("{} lines of the {} newest files in {}", read.lines, read.files.len(), dir.display())
+    } else {
+        read_kafka_tail(config, &mut scan, &ours)?
+    };
+    let counts = scan.counts();
+    let points: Vec<ResumePoint> = scan
+        .into_last_trades()
+        .into_iter()
+        .filter(|(symbol, _)| ours(symbol.as_bytes()))
+        .map(|(symbol_id, last)| ResumePoint { symbol_id, last_trade_ns: last.time_ns, ids: last.ids })
+        .collect();
+    let exact = config.ingest.symbols.iter().filter(|s| matches!(s, SymbolFilter::Exact(_))).count();
+    log::info!(
+        "resume: read {place}: {} trade lines ({} unreadable); the last trade of {} of this shard's {exact} symbols found; each is backfilled from there once connected",
+        counts.trade_lines,
+        counts.bad_lines,
+        points.len()
+    );
+    Ok(points)
+}
+
+#[cfg(feature = "kafka")]
+fn read_kafka_tail(config: &Config, scan: &mut TailScan, ours: &dyn Fn(&[u8]) -> bool) -> Result<String, ConfigError> {
+    use coinfeed::output::kafka;
+    let Some(k) = &config.output.kafka else { return Ok("nothing".into()) };
+    let per = kafka::TAIL_RECORDS_PER_PARTITION;
+    let tail = kafka::read_tail(k, per, |value| {
+        // The topic holds every shard's records: only this shard's symbols are looked at.
+        if coinfeed::wire::scan_field(value, b"symbol_id").is_some_and(ours) {
+            scan.add_line(value);
+        }
+    })
+    .map_err(|problem| ConfigError {
+        flag: "--resume",
+        problem,
+        fix: "check that the brokers are up, or start without --resume".into(),
+    })?;
+    Ok(format!(
+        "the last {} records of the {} partitions of {} (at most {per} each)",
+        tail.records, tail.partitions, k.topic
+    ))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn read_kafka_tail(_: &Config, _: &mut TailScan, _: &dyn Fn(&[u8]) -> bool) -> Result<String, ConfigError> {
+    Ok("nothing".into())
 }
 
 /// Starts the built-in simulator for `--sim` and points the config at it.

@@ -35,6 +35,9 @@ pub const EXTENSION: &str = "ndjson";
 /// it (`recv_time`, `source`; a REST line's `type` and `symbol_id`). A longer line was not
 /// written by this program: it is skipped (counted as bad) without being held.
 pub const LINE_MAX_BYTES: usize = MAX_MESSAGE_BYTES + 4096;
+/// Decoded bytes `--resume` reads back from the newest files of `--output-dir` (whole files, so
+/// at most one file more): hours of a busy feed, seconds to read.
+pub const SCAN_BYTES_MAX: u64 = 256 << 20;
 /// Files of the set considered, the newest: a year of hourly files. Older ones are only counted.
 pub const FILES_CONSIDERED_MAX: usize = 10_000;
 /// The read buffer under the decoder.

@@ -447,6 +447,44 @@ pub fn parse_name<'a>(name: &'a str, prefix: &str, extension: &str) -> Option<Fi
     is_stamp.then_some(FileName { stamp, suffix, compress, part })
 }
 
+/// Finishes the plain `.part` files a killed run left in `dir` (`--resume`): each is cut after its
+/// last whole line, fsynced and renamed to its final name, so a job that takes finished files
+/// gets the lines the dead run wrote. Compressed ones are left as they are (their end is cut
+/// mid-block; a decoder reads every whole block before it) and only named. Returns the files
+/// finished and those left.
+pub fn finish_leftovers(dir: &Path, prefix: &str, extension: &str) -> io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let (mut finished, mut left) = (Vec::new(), Vec::new());
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok((finished, left)),
+        Err(e) => return Err(at(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| at(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(parsed) = parse_name(name, prefix, extension).filter(|n| n.part) else { continue };
+        let path = entry.path();
+        if parsed.compress != Compress::None {
+            left.push(path);
+            continue;
+        }
+        let bytes = fs::read(&path).map_err(|e| at(&path, e))?;
+        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let file = OpenOptions::new().write(true).open(&path).map_err(|e| at(&path, e))?;
+        file.set_len(whole as u64).and_then(|()| file.sync_all()).map_err(|e| at(&path, e))?;
+        let done = path.with_file_name(&name[..name.len() - ".part".len()]);
+        fs::rename(&path, &done).map_err(|e| at(&done, e))?;
+        finished.push(done);
+    }
+    if !finished.is_empty() {
+        sync_dir(dir)?;
+    }
+    finished.sort();
+    left.sort();
+    Ok((finished, left))
+}
+
 /// Makes a rename (or a removal) in `dir` durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| at(dir, e))
@@ -1226,5 +1264,23 @@ mod tests {
         assert_eq!(sink.status().map(|s| s.finished), Some(1));
         sink.finish(&metrics).expect("finish");
         assert_eq!(names(&tmp.0), ["coinfeed-20261201T160000Z.ndjson"]);
+    }
+
+    /// Proves a killed run's plain `.part` is cut after its last whole line and renamed, a
+    /// compressed one is left, and other names are not touched.
+    #[test]
+    fn leftovers_of_a_killed_run_are_finished() {
+        let tmp = TempDir::new("leftovers");
+        let plain = tmp.0.join("coinfeed-20261201T160000Z.ndjson.part");
+        fs::write(&plain, b"{\"a\":1}\n{\"b\":2}\n{\"c\":").expect("write");
+        let zst = tmp.0.join("coinfeed-20261201T170000Z.ndjson.zst.part");
+        fs::write(&zst, b"\x28\xb5").expect("write");
+        fs::write(tmp.0.join("other.part"), b"x").expect("write");
+        let (finished, left) = finish_leftovers(&tmp.0, "coinfeed", "ndjson").expect("finish");
+        let done = tmp.0.join("coinfeed-20261201T160000Z.ndjson");
+        assert_eq!((finished, left), (vec![done.clone()], vec![zst]));
+        assert_eq!(fs::read(&done).expect("read"), b"{\"a\":1}\n{\"b\":2}\n");
+        assert!(!plain.exists() && tmp.0.join("other.part").exists());
+        assert_eq!(finish_leftovers(&tmp.0.join("missing"), "coinfeed", "ndjson").expect("none"), (vec![], vec![]));
     }
 }

@@ -336,3 +336,21 @@ pub fn rest_requests(sim: &Sim) -> Vec<(Instant, String, u16)> {
 pub fn max_in_window(times: &[Instant], window: Duration) -> usize {
     (0..times.len()).map(|i| times[i..].iter().take_while(|t| **t < times[i] + window).count()).max().unwrap_or(0)
 }
+
+/// The last health line's value of `key` among `lines` (0 before the first).
+pub fn last_health(lines: &[String], key: &str) -> u64 {
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("health: "))
+        .and_then(|l| {
+            let kv = key_values(l.split("health: ").nth(1).unwrap_or(""));
+            kv.into_iter().find(|(k, _)| k == key).and_then(|(_, v)| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until the health lines show `key` at `at_least` or more; false at the deadline.
+pub fn wait_health(feed: &Feed, timeout: Duration, key: &str, at_least: u64) -> bool {
+    feed.stderr.wait_until(timeout, |lines| last_health(lines, key) >= at_least)
+}

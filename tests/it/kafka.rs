@@ -148,26 +148,8 @@ fn kafka_args(ws: &str, rest: &str, symbols: &str, types: &str, broker: &Broker,
     v
 }
 
-/// The last health line's value of `key`.
 fn health(feed: &Feed, key: &str) -> u64 {
-    let lines = feed.stderr.snapshot();
-    lines
-        .iter()
-        .rev()
-        .find(|l| l.contains("health: "))
-        .map(|l| field(&key_values(l.split("health: ").nth(1).unwrap_or("")), key))
-        .unwrap_or(0)
-}
-
-fn wait_health(feed: &Feed, timeout: Duration, key: &str, at_least: u64) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if health(feed, key) >= at_least {
-            return true;
-        }
-        feed.stderr.wait_until(Duration::from_millis(500), |_| false);
-    }
-    false
+    last_health(&feed.stderr.snapshot(), key)
 }
 
 /// Lines given to the sink must all be reported on: delivered or failed.

@@ -16,5 +16,6 @@ mod metrics_endpoint;
 mod operations;
 mod protocol_faults;
 mod recovery;
+mod resume;
 mod shutdown;
 mod tidy;
