@@ -26,7 +26,7 @@ enum Exit {
     Clean = 0,
     /// A runtime failure: an output write error (stdout, or a file under `--output-dir`), a
     /// damaged recording in a replay, a thread that panicked, a stop past `--shutdown-timeout`,
-    /// the simulator could not start.
+    /// the simulator could not start, a Kafka record not delivered.
     Failure = 1,
     /// An invalid command line or a missing `COINAPI_KEY` (also clap's own usage errors).
     Usage = 2,
@@ -55,8 +55,8 @@ Stop with Ctrl-C (or SIGTERM): reading stops, queued messages are written, a sum
 exit code 0. A second Ctrl-C exits at once with code 130.",
     args_conflicts_with_subcommands = true,
     after_help = "Exit codes: 0 clean stop (signal, closed stdout, --limit reached, replay done), 1 runtime failure \
-(output write error such as a full disk, a damaged recording, a thread that panicked), 2 invalid command line or an unusable \
---output-dir/--record/--metrics-listen, 3 API key refused by CoinAPI, 130 second Ctrl-C.\n\n\
+(output write error such as a full disk, a damaged recording, a thread that panicked, an undelivered Kafka record), 2 invalid \
+command line or an unusable --output-dir/--record/--metrics-listen/--kafka-brokers, 3 API key refused by CoinAPI, 130 second Ctrl-C.\n\n\
 Example:\n  COINAPI_KEY=... coinfeed --symbols BITSTAMP_SPOT_BTC_USD,COINBASE_SPOT_ETH_USD --types trade,quote > feed.ndjson"
 )]
 struct Cli {

@@ -377,6 +377,9 @@ pub const TAIL_RECORDS_PER_PARTITION: i64 = 200_000;
 /// How long `read_tail` may take in all.
 pub const TAIL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long the partitions must stay quiet after their ends before `read_tail` is done.
+const TAIL_QUIET: Duration = Duration::from_secs(1);
+
 /// What `read_tail` read.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tail {
@@ -398,13 +401,13 @@ pub fn read_tail(config: &KafkaConfig, per_partition: i64, mut each: impl FnMut(
     let started = Instant::now();
     let mut list = TopicPartitionList::new();
     // The end of each partition as it is now: reading stops there.
-    let mut ends: Vec<i64> = Vec::with_capacity(n);
+    let mut ends: Vec<Option<i64>> = Vec::with_capacity(n);
     for p in 0..n as i32 {
         let (low, high) = consumer
             .fetch_watermarks(&config.topic, p, CONNECT_TIMEOUT)
             .map_err(|e| format!("cannot read the offsets of {} partition {p}: {e}", config.topic))?;
-        ends.push(high);
         let from = (high - per_partition).max(low);
+        ends.push((from < high).then_some(high));
         if from < high {
             list.add_partition_offset(&config.topic, p, Offset::Offset(from))
                 .map_err(|e| format!("cannot assign partition {p}: {e}"))?;
@@ -416,7 +419,10 @@ pub fn read_tail(config: &KafkaConfig, per_partition: i64, mut each: impl FnMut(
         return Ok(tail);
     }
     consumer.assign(&list).map_err(|e| format!("cannot assign the partitions of {}: {e}", config.topic))?;
-    while left > 0 {
+    // Past the ends the watermarks gave, reading goes on until the partitions stay quiet for
+    // `TAIL_QUIET`: a broker may report a high watermark short of its last records (tansu does).
+    let mut quiet_since: Option<Instant> = None;
+    loop {
         if started.elapsed() > TAIL_TIMEOUT {
             return Err(format!(
                 "reading the end of {} took longer than {}s ({} records read, {left} partitions unfinished)",
@@ -425,19 +431,25 @@ pub fn read_tail(config: &KafkaConfig, per_partition: i64, mut each: impl FnMut(
                 tail.records
             ));
         }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
+        if left == 0 && quiet_since.is_some_and(|t| t.elapsed() >= TAIL_QUIET) {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {
+                quiet_since.get_or_insert_with(Instant::now);
+            }
             Some(Err(e)) => log::warn!("kafka: while reading the end of {}: {e}", config.topic),
             Some(Ok(m)) => {
+                quiet_since = None;
                 let p = m.partition() as usize;
                 if let Some(value) = m.payload() {
                     each(value);
                 }
                 tail.records += 1;
-                if ends.get(p).is_some_and(|&end| m.offset() + 1 >= end) {
+                // A partition is done once its end (as it was at the start) is reached.
+                if let Some(end) = ends.get_mut(p).filter(|end| end.is_some_and(|e| m.offset() + 1 >= e)) {
+                    *end = None;
                     left -= 1;
-                    // Past its end: nothing more is wanted from it.
-                    ends[p] = i64::MIN;
                 }
             }
         }

@@ -104,10 +104,20 @@ impl Broker {
             return out;
         }
         consumer.assign(&list).expect("assign");
+        // Past the watermarks, until 2 s pass without a record: tansu's high watermark can be
+        // short of its last records (see README).
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !ends.is_empty() {
+        let mut quiet_since: Option<Instant> = None;
+        loop {
             assert!(Instant::now() < deadline, "reading {topic} back took over 60 s ({} records)", out.len());
-            let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+            if ends.is_empty() && quiet_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(2)) {
+                break;
+            }
+            let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+                quiet_since.get_or_insert_with(Instant::now);
+                continue;
+            };
+            quiet_since = None;
             let m = m.expect("record");
             let key = m.key().map(|k| String::from_utf8(k.to_vec()).expect("utf8 key"));
             let value = String::from_utf8(m.payload().unwrap_or_default().to_vec()).expect("utf8 value");
