@@ -312,6 +312,12 @@ mod tests {
         );
     }
 
+    /// The Kafka sink's gauges, absent without one.
+    fn set_kafka(snap: &mut Snapshot) {
+        (snap.delivered, snap.delivery_failed, snap.delivery_in_flight) = (5, 1, 2);
+        (snap.kafka_ack_p50_us, snap.kafka_ack_p99_us) = (1_023, 4_095);
+    }
+
     /// Proves every metric of the registry, labelled and derived ones included, reaches the
     /// page once set, as its kind's family, and parses back.
     #[test]
@@ -321,6 +327,7 @@ mod tests {
         snap.rate_limit_remaining = 42;
         snap.rate_limit_request_cost = 1;
         snap.last_429_unix_s = NOW_MS / 1000;
+        set_kafka(&mut snap);
         let drops = vec![("BITSTAMP_SPOT_BTC_USD".to_string(), 9), ("(other)".to_string(), 2)];
         let labelled = Labelled { queue_depths: &[3, 0, 1], queue_bytes: &[300, 0, 100], drops: &drops };
         let p = parse(&page(&snap, &labelled));
@@ -382,6 +389,7 @@ mod tests {
         };
         snap.rate_limit_request_cost = 1;
         snap.last_429_unix_s = NOW_MS / 1000;
+        set_kafka(&mut snap);
         snap.received = u64::MAX - 1;
         let mut drops: Vec<(String, u64)> = (0..crate::config::limits::DROP_SYMBOLS_MAX)
             .map(|i| (format!("EXCHANGE_SPOT_SYM{i}_USD"), i as u64))

@@ -110,7 +110,11 @@ mod tests {
 
     #[test]
     fn lines_are_key_value_and_name_every_counter() {
-        let now = Snapshot { received: 30, dropped: 2, written: 27, malformed: 1, ..Snapshot::default() };
+        let mut now = Snapshot { received: 30, dropped: 2, written: 27, malformed: 1, ..Snapshot::default() };
+        // The Kafka sink's figures, shown once it set them.
+        assert!(!summary_line(&now, Duration::ZERO, &[], None).contains("delivered"));
+        (now.delivered, now.delivery_failed, now.delivery_in_flight) = (26, 1, 0);
+        (now.kafka_ack_p50_us, now.kafka_ack_p99_us) = (1_023, 4_095);
         let queues = Queues { depths: &[3, 0], cap: Some(500), buffer: (3 << 10, 64 << 20) };
         let h = health_line(&now, &Snapshot::default(), Duration::from_secs(10), &queues, Some((11_000, 12_000)));
         assert!(
