@@ -170,6 +170,30 @@ fn assert_deliveries_close(s: &[(String, String)]) {
     assert_accounting_closes(s);
 }
 
+/// Proves a broker that cannot be reached at start is a clear error (exit 2, naming the flag and
+/// the address) within the 10 s metadata wait, not a hang; and a missing topic likewise.
+#[test]
+fn an_unreachable_broker_or_a_missing_topic_is_refused_at_start() {
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let sim = Sim::start(SimConfig::default()).expect("sim");
+    let refused = |brokers: &str, topic: &str| {
+        let mut a = args(&sim.ws_url(), &sim.rest_url(), "BITSTAMP_SPOT_BTC_USD", "trade", &[]);
+        a.extend(["--kafka-brokers", brokers, "--kafka-topic", topic].map(String::from));
+        let mut feed = Feed::start(&a, FeedOptions::default());
+        let (status, took) = feed.wait_exit(Duration::from_secs(20));
+        (status.code(), took, feed.stderr_text())
+    };
+    // The listener was dropped: nothing listens on that port now.
+    let (code, took, err) = refused(&closed.to_string(), "feed");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--kafka-brokers: cannot reach the Kafka cluster at 127.0.0.1:"), "{err}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let broker = Broker::start();
+    let (code, _, err) = refused(&broker.addr, "no-such-topic");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no-such-topic"), "{err}");
+}
+
 /// Proves the first scenario: 3 shards of 30 symbols into one topic of 6 partitions.
 /// Each symbol is streamed by exactly one shard; consumed back, every message is there exactly
 /// once, on the partition Kafka's murmur2 gives its key, in its stream's order; `delivered`
