@@ -241,7 +241,7 @@ fn connect_kafka(
 ) -> Result<Option<Box<coinfeed::output::kafka::KafkaSink>>, ConfigError> {
     let Some(k) = &config.output.kafka else { return Ok(None) };
     // The final flush may take most of the stop's deadline; draining the workers takes the rest.
-    let flush = config.pipeline.shutdown_timeout.mul_f64(0.8);
+    let flush = config.pipeline.shutdown_timeout.mul_f64(0.6);
     coinfeed::output::kafka::KafkaSink::connect(k, Arc::clone(shutdown), flush).map(|s| Some(Box::new(s))).map_err(
         |problem| ConfigError {
             flag: "--kafka-brokers",
@@ -301,6 +301,28 @@ fn find_resume_points(config: &Config) -> Result<Vec<ResumePoint>, ConfigError> 
         .map(|(symbol_id, last)| ResumePoint { symbol_id, last_trade_ns: last.time_ns, ids: last.ids })
         .collect();
     let exact = config.ingest.symbols.iter().filter(|s| matches!(s, SymbolFilter::Exact(_))).count();
+    let missing: Vec<&str> = config
+        .ingest
+        .symbols
+        .iter()
+        .filter_map(|s| match s {
+            SymbolFilter::Exact(x) if !points.iter().any(|p| &p.symbol_id == x) => Some(x.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(10).copied().collect();
+        let more = if missing.len() > shown.len() {
+            format!(" and {} more", missing.len() - shown.len())
+        } else {
+            String::new()
+        };
+        log::warn!(
+            "resume: no trade of {} symbol(s) in what was read, so they are not backfilled: {}{more}",
+            missing.len(),
+            shown.join(", ")
+        );
+    }
     log::info!(
         "resume: read {place}: {} trade lines ({} unreadable); the last trade of {} of this shard's {exact} symbols found; each is backfilled from there once connected",
         counts.trade_lines,

@@ -6,7 +6,7 @@
 //! check `is_requested` on their read tick or sleep in `wait_timeout`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
@@ -16,6 +16,8 @@ pub struct Shutdown {
     requested: AtomicBool,
     tx: Mutex<Option<Sender<()>>>,
     rx: Receiver<()>,
+    /// When the first request came.
+    at: Mutex<Option<Instant>>,
 }
 
 impl Default for Shutdown {
@@ -27,14 +29,21 @@ impl Default for Shutdown {
 impl Shutdown {
     pub fn new() -> Shutdown {
         let (tx, rx) = crossbeam_channel::bounded(0);
-        Shutdown { requested: AtomicBool::new(false), tx: Mutex::new(Some(tx)), rx }
+        Shutdown { requested: AtomicBool::new(false), tx: Mutex::new(Some(tx)), rx, at: Mutex::new(None) }
     }
 
     /// Asks every thread to stop. Returns true for the first call only.
     pub fn request(&self) -> bool {
         let first = !self.requested.swap(true, Ordering::SeqCst);
+        self.at.lock().get_or_insert_with(Instant::now);
         self.tx.lock().take();
         first
+    }
+
+    /// When the stop was first requested (a deadline that must hold for the whole stop counts
+    /// from here).
+    pub fn requested_at(&self) -> Option<Instant> {
+        *self.at.lock()
     }
 
     pub fn is_requested(&self) -> bool {
@@ -70,8 +79,11 @@ mod tests {
                 let stopped = s.wait_timeout(Duration::from_secs(30));
                 (stopped, t.elapsed())
             });
+            assert!(s.requested_at().is_none());
             assert!(s.request());
+            let at = s.requested_at();
             assert!(!s.request());
+            assert!(at.is_some() && s.requested_at() == at, "the first request's time is kept");
             let (stopped, waited) = waiter.join().expect("waiter");
             assert!(stopped);
             assert!(waited < Duration::from_secs(10));

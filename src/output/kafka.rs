@@ -184,8 +184,7 @@ pub struct KafkaSink {
     shutdown: std::sync::Arc<Shutdown>,
     /// How long after the stop request the sink may go on flushing.
     flush_timeout: Duration,
-    /// When the sink first saw the stop requested.
-    stop_seen: Option<Instant>,
+    /// Lines handed to librdkafka (each comes back as one report).
     lines: u64,
 }
 
@@ -205,6 +204,10 @@ fn client_config(config: &KafkaConfig, producer: bool) -> ClientConfig {
             .set("compression.type", "zstd")
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
+            // Wait for the broker however long it is gone: a full queue then stalls the writer
+            // and the memory budget sheds, counted and gap-marked, instead of records failing
+            // silently after librdkafka's default 5 minutes.
+            .set("message.timeout.ms", "0")
             .set("queue.buffering.max.kbytes", KAFKA_QUEUE_KIB.to_string())
             .set("queue.buffering.max.messages", KAFKA_QUEUE_MESSAGES.to_string());
     }
@@ -242,33 +245,27 @@ impl KafkaSink {
     ) -> Result<KafkaSink, String> {
         let producer: BaseProducer<Reports> = client_config(config, true)
             .create_with_context(Reports::new())
-            .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+            .map_err(|e| format!("cannot create the Kafka producer: {}", describe(&e)))?;
         let partitions = partitions(producer.client(), config)?;
         log::info!(
             "kafka: topic {} on {} has {partitions} partitions; records keyed by symbol_id (murmur2), idempotent, acks=all, zstd",
             config.topic,
             config.brokers
         );
-        Ok(KafkaSink {
-            producer,
-            topic: config.topic.clone(),
-            partitions,
-            shutdown,
-            flush_timeout,
-            stop_seen: None,
-            lines: 0,
-        })
+        Ok(KafkaSink { producer, topic: config.topic.clone(), partitions, shutdown, flush_timeout, lines: 0 })
     }
 
-    /// Time left to flush: `flush_timeout` from the first time the sink saw the stop (or from
-    /// now, for a run that ended without one).
-    fn flush_left(&mut self) -> Duration {
-        flush_left(&mut self.stop_seen, &self.shutdown, self.flush_timeout)
+    /// Time left to flush: `flush_timeout` from the stop request (from now for a run that ended
+    /// without one).
+    fn flush_left(&self) -> Duration {
+        let since = self.shutdown.requested_at().map_or(Duration::ZERO, |t| t.elapsed());
+        self.flush_timeout.saturating_sub(since)
     }
 
     /// Hands every line of `bytes` (whole NDJSON lines) to librdkafka, waiting while its queue
-    /// is full. Fails only when a stop was requested and the broker took nothing for the whole
-    /// flush timeout (the lines not handed over are then reported by the writer).
+    /// is full. After the stop, once the flush time is spent, a line the queue cannot take is
+    /// counted as failed at once instead, so the stop keeps its deadline and every line is
+    /// accounted for (delivered, or failed) whatever the broker does.
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             self.lines += 1;
@@ -281,23 +278,18 @@ impl KafkaSink {
                 match self.producer.send(record) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        if self.shutdown.is_requested() && self.flush_left().is_zero() {
+                            self.refused(
+                                "the producer's queue was still full when the stop's flush time ran out".into(),
+                            );
+                            break;
+                        }
                         record = back;
                         self.producer.poll(Duration::from_millis(20));
-                        let stopped = self.shutdown.is_requested();
-                        if stopped && flush_left(&mut self.stop_seen, &self.shutdown, self.flush_timeout).is_zero() {
-                            return Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                format!(
-                                    "the Kafka producer's queue stayed full for {:.1}s after the stop",
-                                    self.flush_timeout.as_secs_f64()
-                                ),
-                            ));
-                        }
                     }
                     Err((e, _)) => {
                         // Refused before it was queued (too large, ...): no report will come.
-                        self.producer.context().failed.fetch_add(1, Ordering::Relaxed);
-                        self.producer.context().note_failure(e.to_string());
+                        self.refused(describe(&e));
                         break;
                     }
                 }
@@ -305,6 +297,12 @@ impl KafkaSink {
         }
         self.producer.poll(Duration::ZERO);
         Ok(())
+    }
+
+    /// A line librdkafka did not take: no report will come for it.
+    fn refused(&self, why: String) {
+        self.producer.context().failed.fetch_add(1, Ordering::Relaxed);
+        self.producer.context().note_failure(why);
     }
 
     /// Serves delivery reports (the writer calls it when idle).
@@ -316,27 +314,33 @@ impl KafkaSink {
         self.producer.context().snapshot()
     }
 
-    /// Records handed over and not yet reported.
+    /// Lines handed over and not yet reported on.
     pub fn in_flight(&self) -> u64 {
-        self.producer.in_flight_count().max(0) as u64
+        let d = self.producer.context();
+        self.lines.saturating_sub(d.delivered.load(Ordering::Relaxed) + d.failed.load(Ordering::Relaxed))
     }
 
     /// Flushes within the flush timeout; what is still unacknowledged then is purged, and its
     /// reports come back as failed. Says what was not delivered.
-    pub fn finish(mut self) -> Result<Deliveries, (Deliveries, io::Error)> {
+    pub fn finish(self) -> Result<Deliveries, (Deliveries, io::Error)> {
         let started = Instant::now();
         let budget = self.flush_left();
-        let flushed = self.producer.flush(budget);
-        if flushed.is_err() {
+        if self.producer.flush(budget).is_err() {
             let left = self.in_flight();
             log::error!(
                 "kafka: {left} records were still not acknowledged after {:.1}s of flushing; giving them up (counted as delivery_failed)",
                 budget.as_secs_f64()
             );
             self.producer.purge(PurgeConfig::default().queue().inflight());
-            let deadline = Instant::now() + Duration::from_secs(1);
+            // The purged records' reports come back at once, as failed.
+            let deadline = Instant::now() + PURGE_WAIT;
             while self.in_flight() > 0 && Instant::now() < deadline {
-                self.producer.poll(Duration::from_millis(20));
+                self.producer.poll(Duration::from_millis(10));
+            }
+            let unreported = self.in_flight();
+            if unreported > 0 {
+                self.producer.context().failed.fetch_add(unreported, Ordering::Relaxed);
+                log::error!("kafka: {unreported} purged records never reported back; counted as delivery_failed");
             }
         }
         let d = self.deliveries();
@@ -354,12 +358,16 @@ impl KafkaSink {
     }
 }
 
-fn flush_left(stop_seen: &mut Option<Instant>, shutdown: &Shutdown, flush_timeout: Duration) -> Duration {
-    if stop_seen.is_none() && shutdown.is_requested() {
-        *stop_seen = Some(Instant::now());
+/// How long the reports of purged records are waited for.
+const PURGE_WAIT: Duration = Duration::from_millis(500);
+
+/// A client error without the setting's value (`KafkaError::ClientConfig` prints it, and a
+/// `--kafka-opt` value may be a password).
+fn describe(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, desc, key, _) => format!("the setting {key}: {desc}"),
+        other => other.to_string(),
     }
-    let since = stop_seen.map_or(Duration::ZERO, |t| t.elapsed());
-    flush_timeout.saturating_sub(since)
 }
 
 /// The `recv_time` the writer appended to a line, Unix ns; 0 when none is found.
@@ -377,8 +385,8 @@ pub const TAIL_RECORDS_PER_PARTITION: i64 = 200_000;
 /// How long `read_tail` may take in all.
 pub const TAIL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long the partitions must stay quiet after their ends before `read_tail` is done.
-const TAIL_QUIET: Duration = Duration::from_secs(1);
+/// How long `read_tail` reads on once every partition reached the end the watermarks gave.
+const TAIL_GRACE: Duration = Duration::from_secs(1);
 
 /// What `read_tail` read.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -391,20 +399,22 @@ pub struct Tail {
 /// each), handing each record's value to `each`: what `--resume` searches for this shard's last
 /// trades. Bounded in records and in time (`TAIL_TIMEOUT`).
 pub fn read_tail(config: &KafkaConfig, per_partition: i64, mut each: impl FnMut(&[u8])) -> Result<Tail, String> {
+    let started = Instant::now();
     let mut c = client_config(config, false);
     c.set("group.id", "coinfeed-resume")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
-    let consumer: BaseConsumer = c.create().map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
+    let consumer: BaseConsumer =
+        c.create().map_err(|e| format!("cannot create the Kafka consumer: {}", describe(&e)))?;
     let n = partitions(consumer.client(), config)?;
-    let started = Instant::now();
     let mut list = TopicPartitionList::new();
     // The end of each partition as it is now: reading stops there.
     let mut ends: Vec<Option<i64>> = Vec::with_capacity(n);
     for p in 0..n as i32 {
+        let left = TAIL_TIMEOUT.saturating_sub(started.elapsed()).min(CONNECT_TIMEOUT);
         let (low, high) = consumer
-            .fetch_watermarks(&config.topic, p, CONNECT_TIMEOUT)
+            .fetch_watermarks(&config.topic, p, left)
             .map_err(|e| format!("cannot read the offsets of {} partition {p}: {e}", config.topic))?;
         let from = (high - per_partition).max(low);
         ends.push((from < high).then_some(high));
@@ -419,10 +429,14 @@ pub fn read_tail(config: &KafkaConfig, per_partition: i64, mut each: impl FnMut(
         return Ok(tail);
     }
     consumer.assign(&list).map_err(|e| format!("cannot assign the partitions of {}: {e}", config.topic))?;
-    // Past the ends the watermarks gave, reading goes on until the partitions stay quiet for
-    // `TAIL_QUIET`: a broker may report a high watermark short of its last records (tansu does).
-    let mut quiet_since: Option<Instant> = None;
+    // Once every partition reached its end, reading goes on for `TAIL_GRACE` more: a broker may
+    // report a high watermark short of its last records (tansu does), and those come at once;
+    // whatever else comes then is other shards writing now.
+    let mut all_read: Option<Instant> = None;
     loop {
+        if all_read.is_some_and(|t| t.elapsed() >= TAIL_GRACE) {
+            break;
+        }
         if started.elapsed() > TAIL_TIMEOUT {
             return Err(format!(
                 "reading the end of {} took longer than {}s ({} records read, {left} partitions unfinished)",
@@ -431,27 +445,36 @@ pub fn read_tail(config: &KafkaConfig, per_partition: i64, mut each: impl FnMut(
                 tail.records
             ));
         }
-        if left == 0 && quiet_since.is_some_and(|t| t.elapsed() >= TAIL_QUIET) {
-            break;
-        }
         match consumer.poll(Duration::from_millis(100)) {
             None => {
-                quiet_since.get_or_insert_with(Instant::now);
+                // A partition whose last offsets hold no record (a transaction marker, a
+                // compacted tail) ends where the consumer's position passed its end.
+                if let Ok(positions) = consumer.position() {
+                    for e in positions.elements() {
+                        let p = e.partition() as usize;
+                        let passed = matches!(e.offset(), Offset::Offset(o) if ends.get(p).is_some_and(|end| end.is_some_and(|end| o >= end)));
+                        if passed {
+                            ends[p] = None;
+                            left -= 1;
+                        }
+                    }
+                }
             }
             Some(Err(e)) => log::warn!("kafka: while reading the end of {}: {e}", config.topic),
             Some(Ok(m)) => {
-                quiet_since = None;
                 let p = m.partition() as usize;
                 if let Some(value) = m.payload() {
                     each(value);
                 }
                 tail.records += 1;
-                // A partition is done once its end (as it was at the start) is reached.
                 if let Some(end) = ends.get_mut(p).filter(|end| end.is_some_and(|e| m.offset() + 1 >= e)) {
                     *end = None;
                     left -= 1;
                 }
             }
+        }
+        if left == 0 {
+            all_read.get_or_insert_with(Instant::now);
         }
     }
     Ok(tail)

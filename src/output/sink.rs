@@ -450,8 +450,8 @@ pub fn parse_name<'a>(name: &'a str, prefix: &str, extension: &str) -> Option<Fi
 /// Finishes the plain `.part` files a killed run left in `dir` (`--resume`): each is cut after its
 /// last whole line, fsynced and renamed to its final name, so a job that takes finished files
 /// gets the lines the dead run wrote. Compressed ones are left as they are (their end is cut
-/// mid-block; a decoder reads every whole block before it) and only named. Returns the files
-/// finished and those left.
+/// mid-block; a decoder reads every whole block before it) and only named, as is one whose
+/// final name exists already (never overwritten). Returns the files finished and those left.
 pub fn finish_leftovers(dir: &Path, prefix: &str, extension: &str) -> io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let (mut finished, mut left) = (Vec::new(), Vec::new());
     let entries = match fs::read_dir(dir) {
@@ -469,11 +469,15 @@ pub fn finish_leftovers(dir: &Path, prefix: &str, extension: &str) -> io::Result
             left.push(path);
             continue;
         }
-        let bytes = fs::read(&path).map_err(|e| at(&path, e))?;
-        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let file = OpenOptions::new().write(true).open(&path).map_err(|e| at(&path, e))?;
-        file.set_len(whole as u64).and_then(|()| file.sync_all()).map_err(|e| at(&path, e))?;
         let done = path.with_file_name(&name[..name.len() - ".part".len()]);
+        if done.exists() {
+            // Never overwrite a finished file: leave both for a person to look at.
+            left.push(path);
+            continue;
+        }
+        let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| at(&path, e))?;
+        let whole = end_of_last_line(&mut file).map_err(|e| at(&path, e))?;
+        file.set_len(whole).and_then(|()| file.sync_all()).map_err(|e| at(&path, e))?;
         fs::rename(&path, &done).map_err(|e| at(&done, e))?;
         finished.push(done);
     }
@@ -483,6 +487,26 @@ pub fn finish_leftovers(dir: &Path, prefix: &str, extension: &str) -> io::Result
     finished.sort();
     left.sort();
     Ok((finished, left))
+}
+
+/// The length of `file` up to and with its last newline (0 if it has none), read backwards in
+/// 64 KiB steps: memory stays bounded however large the file is.
+fn end_of_last_line(file: &mut File) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    const STEP: u64 = 64 * 1024;
+    let mut end = file.metadata()?.len();
+    let mut buf = vec![0u8; STEP as usize];
+    while end > 0 {
+        let start = end.saturating_sub(STEP);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 /// Makes a rename (or a removal) in `dir` durable.
@@ -1282,5 +1306,17 @@ mod tests {
         assert_eq!(fs::read(&done).expect("read"), b"{\"a\":1}\n{\"b\":2}\n");
         assert!(!plain.exists() && tmp.0.join("other.part").exists());
         assert_eq!(finish_leftovers(&tmp.0.join("missing"), "coinfeed", "ndjson").expect("none"), (vec![], vec![]));
+        // A cut line longer than a read step; and a finished name that exists is never overwritten.
+        let long = tmp.0.join("coinfeed-20261201T180000Z.ndjson.part");
+        let mut text = b"{\"a\":1}\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', 200_000));
+        fs::write(&long, &text).expect("write");
+        fs::write(tmp.0.join("coinfeed-20261201T190000Z.ndjson.part"), b"{}\n").expect("write");
+        fs::write(tmp.0.join("coinfeed-20261201T190000Z.ndjson"), b"kept\n").expect("write");
+        let (finished, left) = finish_leftovers(&tmp.0, "coinfeed", "ndjson").expect("finish");
+        assert_eq!(finished, vec![tmp.0.join("coinfeed-20261201T180000Z.ndjson")]);
+        assert_eq!(fs::read(&finished[0]).expect("read"), b"{\"a\":1}\n");
+        assert!(left.contains(&tmp.0.join("coinfeed-20261201T190000Z.ndjson.part")), "{left:?}");
+        assert_eq!(fs::read(tmp.0.join("coinfeed-20261201T190000Z.ndjson")).expect("read"), b"kept\n");
     }
 }
