@@ -10,7 +10,7 @@
 #                        (installs the Prometheus parser its tests use into target/prom-venv).
 #   ./run.sh kafka-test  the Kafka sink's tests (cargo feature `kafka`) against a real broker:
 #                        tansu, built into target/kafka-tools by tests/kafka/install.sh when missing
-#                        (about 10 minutes the first time), started on a free loopback port.
+#                        (some 45 CPU-minutes the first time), started on a free loopback port.
 #   ./run.sh bench       criterion micro benches and the end-to-end bench (cargo bench).
 #   ./run.sh soak [--minutes M | --seconds S] [--rate R] [--symbols N] [--slow-reader-us U] [--out DIR]
 #                        soak (or, with --slow-reader-us, overload) run of the release binary

@@ -9,7 +9,7 @@
 #   "$tansu" broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
 #       --storage-engine memory://tansu/
 #
-# The build takes about 10 minutes on 2 cores the first time.
+# The first build takes some 45 CPU-minutes (about 25 minutes on 2 idle cores); later runs find it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -22,7 +22,7 @@ installed() {
 }
 
 if ! installed; then
-    echo "install.sh: building tansu $TANSU_VERSION into $root (about 10 minutes the first time)" >&2
+    echo "install.sh: building tansu $TANSU_VERSION into $root (about 25 minutes on 2 cores the first time: some 45 CPU-minutes)" >&2
     mkdir -p "$root"
     cargo install --quiet --locked tansu --version "$TANSU_VERSION" --features dynostore --root "$root" >&2
     installed || { echo "install.sh: $bin does not report version $TANSU_VERSION" >&2; exit 1; }
