@@ -310,8 +310,16 @@ impl KafkaSink {
         self.producer.poll(Duration::ZERO);
     }
 
+    /// The counts so far (cheap: read after every batch); the latency percentiles are
+    /// computed once, by `finish`.
     pub fn deliveries(&self) -> Deliveries {
-        self.producer.context().snapshot()
+        let c = self.producer.context();
+        Deliveries {
+            delivered: c.delivered.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            ack_p50_us: None,
+            ack_p99_us: None,
+        }
     }
 
     /// Lines handed over and not yet reported on.
@@ -343,7 +351,7 @@ impl KafkaSink {
                 log::error!("kafka: {unreported} purged records never reported back; counted as delivery_failed");
             }
         }
-        let d = self.deliveries();
+        let d = self.producer.context().snapshot();
         log::info!(
             "kafka: {} records delivered to {}, {} failed ({:.1}s to flush at the end)",
             d.delivered,

@@ -354,17 +354,7 @@ mod tests {
     const T0: i64 = 1_796_140_800 * S;
 
     fn stamp(unix_ns: i64) -> String {
-        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ns)).expect("time");
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.nanosecond() / 100
-        )
+        crate::output::ndjson::TimestampFormatter::default().format(i128::from(unix_ns)).to_string()
     }
 
     /// A trade line as the writer writes it (`source` ws or rest), with a 29-digit price.
@@ -493,23 +483,7 @@ mod tests {
         assert_eq!(none.into_last_trades()[0].1, LastTrade { time_ns: T0 + MS, ids: Vec::new() });
     }
 
-    /// A directory under the system's temp dir, unique to this process and test, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(test: &str) -> TempDir {
-            let path = std::env::temp_dir().join(format!("coinfeed-resume-{}-{test}", std::process::id()));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path).expect("create the temp dir");
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::output::sink::tests::TempDir;
 
     fn text(lines: &[String]) -> Vec<u8> {
         lines.iter().flat_map(|l| format!("{l}\n").into_bytes()).collect()

@@ -201,12 +201,6 @@ impl<W: Write> Sink<W> {
             metrics.delivered.set(d.delivered);
             metrics.delivery_failed.set(d.failed);
             metrics.delivery_in_flight.set(k.in_flight());
-            if let Some(p) = d.ack_p50_us {
-                metrics.kafka_ack_p50_us.set(p);
-            }
-            if let Some(p) = d.ack_p99_us {
-                metrics.kafka_ack_p99_us.set(p);
-            }
         }
         let _ = metrics;
     }
@@ -774,18 +768,19 @@ fn fail(failed: &mut Option<(ErrorKind, String)>, e: io::Error) -> io::Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Read;
 
     const NS: i128 = 1_000_000_000;
     const HOUR: i128 = 3_600 * NS;
 
-    /// A directory under the system's temp dir, unique to this process and test, removed on drop.
-    struct TempDir(PathBuf);
+    /// A directory under the system's temp dir, unique to this process and test, removed on drop
+    /// (also used by `resume`'s tests).
+    pub(crate) struct TempDir(pub(crate) PathBuf);
 
     impl TempDir {
-        fn new(test: &str) -> TempDir {
+        pub(crate) fn new(test: &str) -> TempDir {
             let path = std::env::temp_dir().join(format!("coinfeed-sink-{}-{test}", std::process::id()));
             let _ = fs::remove_dir_all(&path);
             fs::create_dir_all(&path).expect("create the temp dir");
