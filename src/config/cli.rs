@@ -65,7 +65,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = RECOVERY_TIMEOUT_S_DEFAULT)]
     pub recovery_timeout: f64,
 
-    /// Trades fetched per trade recovery (`limit` of /v1/trades/{symbol}/latest; 100 costs one credit).
+    /// Trades asked for per page of a trade recovery (`limit` of /v1/trades/{symbol}/history;
+    /// every 100 cost one credit).
     #[arg(long, value_name = "N", default_value_t = RECOVERY_TRADES_LIMIT_DEFAULT)]
     pub recovery_trades_limit: u32,
 
