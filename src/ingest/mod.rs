@@ -462,7 +462,7 @@ impl<'a> Reader<'a> {
                     self.metrics.malformed.add(1);
                     let why = match e {
                         tungstenite::error::CapacityError::MessageTooLong { size, max_size } => {
-                            format!("frame of {size} bytes exceeds the {} limit", mib_text(max_size))
+                            format!("oversized frame: {size} bytes exceed the {} limit", mib_text(max_size))
                         }
                         other => format!(
                             "oversized message refused ({other}), limit {} bytes",

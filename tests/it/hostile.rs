@@ -90,7 +90,9 @@ fn wait_log(feed: &Feed, text: &str, timeout: Duration) -> usize {
 fn wait_logs(feed: &Feed, text: &str, n: usize, timeout: Duration) -> usize {
     let seen = feed.stderr.wait_until(timeout, |l| l.iter().filter(|x| x.contains(text)).count() >= n);
     assert!(seen, "no log line with {text:?}; stderr:\n{}", feed.stderr_text());
-    feed.stderr.snapshot().iter().filter(|x| x.contains(text)).count()
+    let lines: Vec<String> = feed.stderr.snapshot().into_iter().filter(|x| x.contains(text)).collect();
+    eprintln!("hostile log: {}", lines[lines.len() - 1]);
+    lines.len()
 }
 
 /// Stops coinfeed, expects a clean exit and returns its summary (accounting checked).
@@ -126,7 +128,7 @@ fn a_frame_header_announcing_four_gib_is_refused_and_the_client_reconnects() {
     let feed = streaming(&sim, &[]);
     let memory = Memory::baseline(&feed);
     sim.inject(WsFault::HugeFrameHeader { len: 4 << 30 });
-    let line = "frame of 4294967296 bytes exceeds the 4 MiB limit";
+    let line = "oversized frame: 4294967296 bytes exceed the 4 MiB limit";
     assert_eq!(wait_log(&feed, line, Duration::from_secs(10)), 1);
     wait_streaming_on(&feed, 2, Duration::from_secs(10));
     let (applied, reconnected) = fault_to_reconnect(&sim, "HugeFrameHeader");
