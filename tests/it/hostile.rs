@@ -236,8 +236,9 @@ fn hostile_upgrade_answers_fail_one_attempt_each() {
 }
 
 /// One REST fault against one gap: the recovery line reports the failure with `error`, stderr
-/// has `line` once, memory stays bounded, and streaming goes on. Returns the recovery line.
-fn rest_fault_case(fault: RestFault, line: &str, extra: &[&str]) -> serde_json::Value {
+/// has `line` once, memory stays bounded, and streaming goes on. Returns the recovery line and
+/// stderr.
+fn rest_fault_case(fault: RestFault, line: &str, extra: &[&str]) -> (serde_json::Value, String) {
     let sim = Sim::start(SimConfig { rate_per_sec: 500, ..SimConfig::default() }).expect("sim");
     let mut args = vec!["--recovery-max-attempts", "1", "--recovery-rps", "10"];
     args.extend_from_slice(extra);
@@ -254,9 +255,9 @@ fn rest_fault_case(fault: RestFault, line: &str, extra: &[&str]) -> serde_json::
     let before = market_lines(&feed.stdout.snapshot()).len();
     assert!(feed.stdout.wait_until(Duration::from_secs(10), |l| market_lines(l).len() >= before + 100));
     memory.check(line);
-    let (_, s) = stop(feed);
+    let (feed, s) = stop(feed);
     assert_eq!((field(&s, "reconnects"), field(&s, "recovery_failed")), (0, 1), "{s:?}");
-    rec
+    (rec, feed.stderr_text())
 }
 
 /// Proves a REST body that never ends (chunked) stops at the 8 MiB body limit.
@@ -294,8 +295,9 @@ fn a_rest_redirect_is_not_followed() {
     let elsewhere = TcpListener::bind("127.0.0.1:0").expect("bind");
     elsewhere.set_nonblocking(true).expect("nonblocking");
     let location = format!("http://{}/v1/steal?apikey=secret-path", elsewhere.local_addr().expect("addr"));
-    let rec =
+    let (rec, stderr) =
         rest_fault_case(RestFault::Redirect { location }, "redirect not followed (HTTP 302 to host 127.0.0.1)", &[]);
     assert!(!rec.to_string().contains("steal"), "the Location's path is not echoed: {rec}");
+    assert!(!stderr.contains("steal"), "the Location's path is not logged:\n{stderr}");
     assert!(elsewhere.accept().is_err(), "the redirect target was contacted");
 }
