@@ -38,15 +38,18 @@ use crate::shutdown::Shutdown;
 use crate::wire::{self, DataType, FrameKind};
 
 pub mod backoff;
+pub mod deadline;
 pub mod record;
 pub mod recorder;
 pub mod replay;
 
 use backoff::{Backoff, BackoffPolicy};
+use deadline::{MessageDeadline, Watch};
 use record::Record;
 use recorder::Tap;
 
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+/// The socket under TLS is wrapped in a deadline on whole messages (`deadline.rs`).
+type Ws = WebSocket<MaybeTlsStream<MessageDeadline<TcpStream>>>;
 
 /// Frames between two reads of the monotonic clock while data flows.
 const CLOCK_EVERY_FRAMES: u32 = 1024;
@@ -113,6 +116,8 @@ pub struct Reader<'a> {
     last_scope_at: Option<Instant>,
     /// `--record`: every text frame and connection event is encoded here (never waited for).
     recorder: Option<Tap<'a>>,
+    /// The current connection's message deadline (`deadline.rs`): told of each message.
+    watch: Arc<Watch>,
 }
 
 impl std::fmt::Debug for Reader<'_> {
@@ -150,6 +155,7 @@ impl<'a> Reader<'a> {
             resubscribe: Vec::new(),
             last_scope_at: None,
             recorder: None,
+            watch: Arc::new(Watch::default()),
         }
     }
 
@@ -278,6 +284,8 @@ impl<'a> Reader<'a> {
         tcp.set_read_timeout(Some(READ_TICK)).map_err(io)?;
         tcp.set_write_timeout(Some(remaining().max(Duration::from_millis(1)))).map_err(io)?;
         let control = tcp.try_clone().map_err(io)?;
+        let (tcp, watch) = MessageDeadline::new(tcp);
+        self.watch = watch;
 
         let uri = cfg
             .ws
@@ -307,6 +315,7 @@ impl<'a> Reader<'a> {
         };
         control.set_read_timeout(Some(READ_TICK)).map_err(io)?;
         control.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io)?;
+        self.watch.arm(cfg.stale_timeout);
         ws.send(Message::text(hello_message(cfg))).map_err(|e| ConnectError::Retry(format!("sending hello: {e}")))?;
         Ok(ws)
     }
@@ -383,7 +392,11 @@ impl<'a> Reader<'a> {
                     return self.close(ws, SessionEnd::Moved("moving before the server's reconnect deadline".into()));
                 }
             }
-            match ws.read() {
+            let read = ws.read();
+            if read.is_ok() {
+                self.watch.delivered();
+            }
+            match read {
                 Ok(Message::Text(text)) => {
                     active = true;
                     frames_since_clock += 1;
@@ -430,6 +443,10 @@ impl<'a> Reader<'a> {
                     // Drive the close handshake to its end; the next read reports ConnectionClosed.
                     return self.close(ws, SessionEnd::Retry(why));
                 }
+                Err(tungstenite::Error::Io(e)) if deadline::overdue(&e).is_some() => {
+                    // A message stuck half way: no close handshake can get past it.
+                    return SessionEnd::Retry(e.to_string());
+                }
                 Err(tungstenite::Error::Io(e)) if is_tick(&e) => {
                     let _ = ws.flush();
                     frames_since_clock = CLOCK_EVERY_FRAMES;
@@ -443,10 +460,24 @@ impl<'a> Reader<'a> {
                 Err(tungstenite::Error::Capacity(e)) => {
                     self.metrics.received.add(1);
                     self.metrics.malformed.add(1);
-                    return SessionEnd::Retry(format!(
-                        "oversized message refused ({e}), limit {} bytes",
-                        self.config.max_message_bytes
-                    ));
+                    let why = match e {
+                        tungstenite::error::CapacityError::MessageTooLong { size, max_size } => {
+                            format!("oversized frame: {size} bytes exceed the {} limit", mib_text(max_size))
+                        }
+                        other => format!(
+                            "oversized message refused ({other}), limit {} bytes",
+                            self.config.max_message_bytes
+                        ),
+                    };
+                    // The rest of that frame is still on the wire: no close handshake gets past it.
+                    return SessionEnd::Retry(why);
+                }
+                Err(tungstenite::Error::Utf8(e)) => {
+                    // RFC 6455 §8.1: an endpoint that receives invalid UTF-8 in a text message
+                    // must fail the connection. Counted like any malformed frame.
+                    self.metrics.received.add(1);
+                    self.metrics.malformed.add(1);
+                    return self.close(ws, SessionEnd::Retry(format!("text frame is not valid UTF-8 ({e})")));
                 }
                 Err(e) => return SessionEnd::Retry(format!("read error: {e}")),
             }
@@ -464,6 +495,13 @@ impl<'a> Reader<'a> {
                     self.backoff.on_data(now);
                     self.metrics.last_message_unix_ms.set(unix_now_ns() as u64 / 1_000_000);
                 } else if now.duration_since(last_activity) > self.config.stale_timeout {
+                    let partial = self.watch.bytes_since_message();
+                    if partial > 0 {
+                        // Bytes trickling slower than the read tick: the same verdict as the
+                        // deadline's (`deadline.rs`), and again no close gets past the half message.
+                        let o = deadline::Overdue { waited: self.config.stale_timeout, bytes: partial };
+                        return SessionEnd::Retry(o.to_string());
+                    }
                     let why = format!(
                         "no message for {:.1}s (stale timeout {:.1}s)",
                         now.duration_since(last_activity).as_secs_f64(),
@@ -539,7 +577,11 @@ impl<'a> Reader<'a> {
         let _ = ws.close(None);
         let deadline = Instant::now() + CLOSE_WAIT;
         while Instant::now() < deadline {
-            match ws.read() {
+            let read = ws.read();
+            if read.is_ok() {
+                self.watch.delivered();
+            }
+            match read {
                 Ok(Message::Text(text)) => {
                     let recv_unix_ns = self.record(&text);
                     if wire::classify(text.as_bytes()) == FrameKind::Data && !self.dispatch(text, recv_unix_ns) {
@@ -600,6 +642,15 @@ fn preview_list(items: &[String]) -> String {
         s.push_str(",...");
     }
     s
+}
+
+/// `4 MiB` for whole mebibytes, else the bytes.
+fn mib_text(bytes: usize) -> String {
+    if bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 fn is_tick(e: &std::io::Error) -> bool {
@@ -673,6 +724,15 @@ fn classify_handshake_error(e: tungstenite::Error, timeout: Duration) -> Connect
         tungstenite::Error::Io(e) if is_tick(&e) => {
             ConnectError::Retry(format!("no upgrade answer within the connect timeout ({:.1}s)", timeout.as_secs_f64()))
         }
+        // tungstenite parses the answer's head with room for 124 headers (`MAX_HEADERS`).
+        tungstenite::Error::Capacity(tungstenite::error::CapacityError::TooManyHeaders) => {
+            ConnectError::Retry("upgrade response has too many headers (more than 124)".into())
+        }
+        // tungstenite's `AttackCheck`: the head is over 64 KiB, or came in over 512 reads, or
+        // in pieces averaging under 128 bytes; nothing more of it is read.
+        tungstenite::Error::AttackAttempt => ConnectError::Retry(
+            "upgrade response head refused: over 64 KiB (a huge header line?) or trickled in tiny pieces".into(),
+        ),
         other => ConnectError::Retry(format!("upgrade failed: {other}")),
     }
 }

@@ -204,7 +204,7 @@ impl Recovery<'_> {
                         .unwrap_or_else(|| "with backoff (no Retry-After)".into())
                 );
             }
-            FetchOutcome::Transient(why) => {
+            FetchOutcome::Transient(why) | FetchOutcome::Refused(why) => {
                 log::warn!("recovery of {} {} failed: {why}", key.symbol_id, key.data_type.as_str());
             }
             FetchOutcome::Unauthorized(why) => log::error!("REST recovery refused: {why}"),

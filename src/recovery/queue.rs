@@ -82,6 +82,9 @@ pub enum FetchOutcome {
     Transient(String),
     /// 401/403: the key is invalid or out of credits; no further request can succeed.
     Unauthorized(String),
+    /// An answer asking for what coinfeed never does (a redirect: the key goes to the
+    /// configured host only): retrying cannot change it, so the key fails at once.
+    Refused(String),
 }
 
 /// What happens to a key after its request completed.
@@ -411,6 +414,12 @@ impl RecoveryQueue {
                 self.queue.push_back(Entry { key: flight.key, ready_at: Some(at), failures });
                 Verdict::Retry { at }
             }
+            FetchOutcome::Refused(error) => {
+                self.gave_up = self.gave_up.saturating_add(1);
+                let attempts = flight.failures.saturating_add(1);
+                self.finish(flight);
+                Verdict::GaveUp { attempts, last_error: error }
+            }
             FetchOutcome::Unauthorized(_) => {
                 self.stopped = true;
                 self.queue.push_front(Entry { key: flight.key, ready_at: None, failures: flight.failures });
@@ -735,6 +744,21 @@ mod tests {
         assert_eq!(retry_delays, [1000, 2000, 3000, 3000]);
         assert_eq!((q.retried(), q.gave_up(), q.pending()), (4, 1, 0));
         assert_eq!(q.poll(now), Poll::Idle);
+    }
+
+    #[test]
+    fn a_refused_answer_fails_the_key_at_once_and_holds_up_nothing() {
+        // Proves a redirect (`Refused`) is not retried: the key is given up on its first
+        // attempt, with its error, and the next key is fetched as usual.
+        let t0 = Instant::now();
+        let mut q = RecoveryQueue::new(RecoveryPolicy { max_attempts: 5, ..policy(10.0) }, t0);
+        q.push(key("A"));
+        q.push(key("B"));
+        assert_eq!(q.poll(t0), Poll::Fetch(key("A")));
+        let verdict = q.complete(&key("A"), FetchOutcome::Refused("redirect not followed".into()), t0 + ms(10));
+        assert_eq!(verdict, Verdict::GaveUp { attempts: 1, last_error: "redirect not followed".into() });
+        assert_eq!((q.retried(), q.gave_up(), q.pending()), (0, 1, 1));
+        assert_eq!(q.poll(t0 + ms(200)), Poll::Fetch(key("B")));
     }
 
     #[test]

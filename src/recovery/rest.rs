@@ -40,6 +40,8 @@ pub struct RestClient {
     base: String,
     key: ApiKey,
     trades_limit: u32,
+    /// `--recovery-timeout`: the whole request, for the error that names it.
+    timeout: Duration,
 }
 
 impl RestClient {
@@ -61,6 +63,7 @@ impl RestClient {
             base: config.rest_url.clone(),
             key: config.api_key.clone(),
             trades_limit: config.trades_limit,
+            timeout,
         }
     }
 
@@ -114,7 +117,7 @@ impl RestClient {
         {
             Ok(r) => r,
             Err(e) => {
-                answer.outcome = FetchOutcome::Transient(format!("request failed: {e}"));
+                answer.outcome = FetchOutcome::Transient(self.describe(&e, "request failed"));
                 return answer;
             }
         };
@@ -147,8 +150,14 @@ impl RestClient {
                 }
                 Err(e) => FetchOutcome::Transient(format!("undecodable body: {e}")),
             },
-            (200, Err(e)) => FetchOutcome::Transient(format!("reading the body: {e}")),
+            (200, Err(e)) => FetchOutcome::Transient(self.describe(&e, "reading the body")),
             (550, _) => FetchOutcome::NoData,
+            // `max_redirects(0)`: the key goes to the configured host only. The target's host
+            // is named (never its path or query, which could echo anything back).
+            (300..=399, _) => FetchOutcome::Refused(format!(
+                "redirect not followed (HTTP {status} to {})",
+                location_host(response.headers().get("location").and_then(|v| v.to_str().ok()))
+            )),
             (429, _) => FetchOutcome::RateLimited { retry_after },
             (401 | 403, body) => FetchOutcome::Unauthorized(format!(
                 "HTTP {status}{}",
@@ -163,8 +172,70 @@ impl RestClient {
     }
 }
 
+impl RestClient {
+    /// A ureq error as a line saying which limit it hit.
+    fn describe(&self, e: &ureq::Error, doing: &str) -> String {
+        match e {
+            ureq::Error::Timeout(_) => format!(
+                "REST answer took longer than the {:.1} s request deadline (--recovery-timeout)",
+                self.timeout.as_secs_f64()
+            ),
+            ureq::Error::BodyExceedsLimit(limit) => format!("REST body exceeds {limit} bytes"),
+            other => format!("{doing}: {other}"),
+        }
+    }
+}
+
+/// The host a redirect points at, for a log line: `host elsewhere.example`, or what it lacks.
+fn location_host(location: Option<&str>) -> String {
+    let Some(location) = location else {
+        return "no Location".to_string();
+    };
+    match location.parse::<tungstenite::http::Uri>().ok().and_then(|u| u.host().map(str::to_string)) {
+        Some(host) => format!("host {}", host.chars().take(100).collect::<String>()),
+        None => "a relative Location (same host)".to_string(),
+    }
+}
+
+/// Deepest nesting accepted in a REST body, as for frames (`wire::json_scan`) and serde_json's
+/// own limit. serde_json skips a `RawValue` without that limit (iteratively: no stack overflow,
+/// but a record nested a million deep would pass), so the body is measured first.
+const JSON_DEPTH_MAX: usize = 128;
+
+/// Where `body` first nests deeper than `max` (brackets outside strings), if it does. One pass,
+/// no allocation.
+fn nesting_beyond(body: &[u8], max: usize) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in body.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(i);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// A JSON array of records, or one record object.
 fn parse_records(body: &[u8]) -> Result<Vec<Box<RawValue>>, String> {
+    if let Some(at) = nesting_beyond(body, JSON_DEPTH_MAX) {
+        return Err(format!("JSON nested deeper than {JSON_DEPTH_MAX} at byte {at}"));
+    }
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'[') => {
@@ -221,6 +292,29 @@ mod tests {
         assert!(parse_records(b"<html>").is_err());
         assert!(parse_records(b"[1,2]").is_err());
         assert!(parse_records(b"[{\"a\":1}").is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        for open in [b'[', b'{'] {
+            let mut body = vec![open; 1_000_000];
+            if open == b'{' {
+                body = b"{\"a\":".repeat(200_000);
+            }
+            let e = parse_records(&body).expect_err("a million levels");
+            assert!(e.starts_with("JSON nested deeper than 128"), "{e}");
+            assert!(error_message(&body).is_none());
+        }
+        // Inside one record, too: the raw value is checked to the same depth.
+        let inner = format!("[{{\"a\":{}1{}}}]", "[".repeat(500_000), "]".repeat(500_000));
+        let e = parse_records(inner.as_bytes()).expect_err("deep record");
+        assert_eq!(e, "JSON nested deeper than 128 at byte 132");
+        // Brackets inside strings are text, and 128 levels are fine.
+        let ok = format!("[{{\"a\":\"[[[\\\"{{{{\",\"b\":{}1{}}}]", "[".repeat(126), "]".repeat(126));
+        assert_eq!(parse_records(ok.as_bytes()).expect("128 levels").len(), 1);
+        assert_eq!(location_host(Some("https://elsewhere.example:8443/v1/x?apikey=K")), "host elsewhere.example");
+        assert_eq!(location_host(Some("/v1/other")), "a relative Location (same host)");
+        assert_eq!(location_host(None), "no Location");
     }
 
     #[test]

@@ -268,7 +268,7 @@ impl<'a> Scanner<'a> {
     /// An object (`keyed`) or array, from its opening bracket to its closing one.
     fn container(&mut self, depth: usize, close: u8, keyed: bool) -> Result<(), String> {
         if depth >= MAX_DEPTH {
-            return Err(self.err("nested too deeply"));
+            return Err(self.err(&format!("JSON nested deeper than {MAX_DEPTH}")));
         }
         self.i += 1;
         self.ws();

@@ -471,6 +471,12 @@ mod tests {
         same_verdict(&nested_ok);
         let nested_deep = format!(r#"{{"type":"quote","x":{}{}}}"#, "[".repeat(200), "]".repeat(200));
         assert!(decode(&nested_deep).is_err());
+        // A hostile server's million unclosed levels: refused at level 128, no stack overflow.
+        let hostile = format!(r#"{{"type":"trade","symbol_id":"A","x":{}"#, "[".repeat(1_000_000));
+        match decode(&hostile) {
+            Err(Reject::Malformed(why)) => assert!(why.starts_with("JSON nested deeper than 128 at byte"), "{why}"),
+            other => panic!("a million levels: {other:?}"),
+        }
 
         let alphabet: Vec<char> = "{}[]:,\"\\ \n0123456789-+.eEuntrfalsbx\u{1}é".chars().collect();
         let mut rng = fastrand::Rng::with_seed(20_261_128);

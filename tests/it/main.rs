@@ -8,6 +8,7 @@ mod delivery;
 mod failures;
 mod gaps;
 mod harness;
+mod hostile;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod key_leak;

@@ -40,6 +40,7 @@
 mod book;
 pub mod cli;
 mod gen;
+mod hostile;
 mod market;
 mod record;
 mod rest;
@@ -229,6 +230,22 @@ pub enum WsFault {
     /// stay; `book` views receive them as deltas of at most 200 levels per message; snapshots
     /// and REST still show at most `book_levels` per side.
     BookLevelFlood { symbol_id: String, levels: usize },
+    /// Hostile: a text frame header announcing `len` payload bytes (say 4 GiB), then 16 of
+    /// them; the rest never comes, and whatever the connection sends next lands inside it.
+    HugeFrameHeader { len: u64 },
+    /// Hostile: one text frame (a heartbeat padded to `bytes` of payload) written one byte
+    /// every `interval`; the connection sends nothing else (no data, no pong) meanwhile.
+    TrickleFrame { bytes: usize, interval: Duration },
+    /// Hostile: a text frame whose payload is not valid UTF-8.
+    InvalidUtf8,
+    /// Hostile: a trade-shaped text frame whose one extra field opens `depth` arrays (valid
+    /// UTF-8, never closed).
+    DeepNesting { depth: usize },
+    /// Hostile upgrade fault: the next upgrade is answered `101` with `count` extra headers.
+    UpgradeHeaderFlood { count: usize },
+    /// Hostile upgrade fault: the next upgrade answer has one header line that never ends
+    /// (written as fast as the client reads, until it gives up).
+    UpgradeEndlessHeader,
 }
 
 impl WsFault {
@@ -272,6 +289,17 @@ pub enum RestFault {
     Hang,
     /// 200 with a body that is not JSON.
     Garbage,
+    /// Hostile: 200, chunked, with a body that never ends (written as fast as it is read).
+    EndlessBody,
+    /// Hostile: 200 with `Content-Length: bytes` (say 4 GiB), all of it sent unless the client
+    /// stops reading.
+    HugeBody { bytes: u64 },
+    /// Hostile: the normal answer, written one byte every `interval`.
+    Trickle { interval: Duration },
+    /// Hostile: 200 with a body of `depth` `[` (never closed).
+    DeepNesting { depth: usize },
+    /// Hostile: `302 Found` to `location`.
+    Redirect { location: String },
 }
 
 /// One entry of the simulator's timestamped log.
@@ -341,7 +369,10 @@ fn push_bounded<T>(queue: &mut VecDeque<T>, item: T) {
 impl FaultHub {
     fn inject(&mut self, fault: WsFault) {
         match fault {
-            WsFault::RefuseUpgrade { .. } | WsFault::HangUpgrade => push_bounded(&mut self.accept, fault),
+            WsFault::RefuseUpgrade { .. }
+            | WsFault::HangUpgrade
+            | WsFault::UpgradeHeaderFlood { .. }
+            | WsFault::UpgradeEndlessHeader => push_bounded(&mut self.accept, fault),
             _ if self.live.is_empty() => push_bounded(&mut self.waiting, fault),
             _ => {
                 for (_, queue) in &self.live {

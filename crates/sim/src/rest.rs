@@ -104,6 +104,7 @@ impl Response {
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        302 => "Found",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -208,6 +209,11 @@ fn write_all(shared: &Shared, tcp: &mut TcpStream, mut bytes: &[u8]) -> io::Resu
 }
 
 fn write_response(shared: &Shared, tcp: &mut TcpStream, resp: &Response, close: bool) -> io::Result<()> {
+    write_all(shared, tcp, &response_bytes(resp, close))
+}
+
+/// A response's head and body as sent.
+fn response_bytes(resp: &Response, close: bool) -> Vec<u8> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
         resp.status,
@@ -224,7 +230,7 @@ fn write_response(shared: &Shared, tcp: &mut TcpStream, resp: &Response, close: 
     head.push_str(if close { "Connection: close\r\n\r\n" } else { "Connection: keep-alive\r\n\r\n" });
     let mut bytes = head.into_bytes();
     bytes.extend_from_slice(resp.body.as_bytes());
-    write_all(shared, tcp, &bytes)
+    bytes
 }
 
 /// Sleeps `d` in ticks; false if shutdown interrupted it.
@@ -320,6 +326,31 @@ fn serve(shared: &Shared, mut tcp: TcpStream, id: u64) {
                 if let Some(secs) = retry_after_secs {
                     resp.headers.push(("Retry-After", secs.to_string()));
                 }
+                resp
+            }
+            Some(RestFault::EndlessBody) => {
+                let why = super::hostile::stream_body(shared, &mut tcp, None);
+                log::debug!("sim rest endless body: {why}");
+                log_request_at(shared, id, &req, 200, arrived);
+                break;
+            }
+            Some(RestFault::HugeBody { bytes }) => {
+                let why = super::hostile::stream_body(shared, &mut tcp, Some(bytes));
+                log::debug!("sim rest huge body: {why}");
+                log_request_at(shared, id, &req, 200, arrived);
+                break;
+            }
+            Some(RestFault::Trickle { interval }) => {
+                let bytes = response_bytes(&route(shared, &req, &mut rng), true);
+                let why = super::hostile::trickle(shared, &mut tcp, &bytes, interval);
+                log::debug!("sim rest trickle: {why:?}");
+                log_request_at(shared, id, &req, 200, arrived);
+                break;
+            }
+            Some(RestFault::DeepNesting { depth }) => Response::json(200, "[".repeat(depth)),
+            Some(RestFault::Redirect { location }) => {
+                let mut resp = Response::json(302, "{}".to_string());
+                resp.headers.push(("Location", location));
                 resp
             }
             Some(RestFault::Garbage) => Response {

@@ -326,6 +326,11 @@ fn serve(shared: Arc<Shared>, tcp: TcpStream, id: u64, admission: Admission) {
                 return;
             }
             WsFault::RefuseUpgrade { status, retry_after_ms } => refuse = Some((status, retry_after_ms, "fault")),
+            WsFault::UpgradeHeaderFlood { .. } | WsFault::UpgradeEndlessHeader => {
+                let reason = super::hostile::answer_upgrade(&shared, tcp, &fault);
+                shared.log(id, EventKind::WsClosed { reason });
+                return;
+            }
             _ => {}
         }
     }
@@ -1011,8 +1016,23 @@ impl Conn {
             }
             // Routed to the accept loop by `FaultHub::inject`, and to the book models by
             // `Sim::inject`.
+            WsFault::HugeFrameHeader { len } => {
+                super::hostile::push_huge_frame_header(&mut self.ws.get_mut().out, len);
+                self.last_frame_at = Instant::now();
+            }
+            WsFault::InvalidUtf8 => {
+                super::hostile::push_invalid_utf8(&mut self.ws.get_mut().out);
+                self.last_frame_at = Instant::now();
+            }
+            WsFault::DeepNesting { depth } => self.push_control_text(&format!(
+                "{{\"type\":\"trade\",\"symbol_id\":\"SIM_DEEP\",\"deep\":{}",
+                "[".repeat(depth)
+            )),
+            WsFault::TrickleFrame { bytes, interval } => self.trickle(bytes, interval),
             WsFault::RefuseUpgrade { .. }
             | WsFault::HangUpgrade
+            | WsFault::UpgradeHeaderFlood { .. }
+            | WsFault::UpgradeEndlessHeader
             | WsFault::BookCross { .. }
             | WsFault::BookSweep { .. }
             | WsFault::BookLevelFlood { .. } => {}
@@ -1086,6 +1106,27 @@ impl Conn {
                 return;
             }
             thread::sleep(OUTAGE_TICK);
+        }
+    }
+
+    /// `TrickleFrame`: writes what is buffered, then the frame one byte every `interval` (this
+    /// thread does nothing else meanwhile); a client that gives up ends the connection.
+    fn trickle(&mut self, bytes: usize, interval: Duration) {
+        let deadline = Instant::now() + END_DEADLINE;
+        while self.ws.get_ref().pending() > 0 && Instant::now() < deadline && !self.shared.stopping() {
+            if let Err(e) = self.ws.get_mut().drain() {
+                self.end_with(EndAction::Abrupt, &format!("write error before a trickle: {e}"));
+                return;
+            }
+        }
+        self.commit();
+        let frame = super::hostile::trickle_frame(bytes);
+        let stream = self.ws.get_mut();
+        let result = super::hostile::trickle(&self.shared, &mut stream.tcp, &frame, interval);
+        stream.nonblocking = false;
+        self.last_frame_at = Instant::now();
+        if let Err(why) = result {
+            self.end_with(EndAction::Abrupt, &format!("fault: trickle: {why}"));
         }
     }
 
