@@ -252,9 +252,11 @@ fn fifty_forced_reconnects_leak_nothing_and_never_storm() {
 
     let connects = times(&sim, is_connected);
     assert_eq!(connects.len(), RECONNECTS + 1, "one accepted connection per attempt");
-    // The simulator stamps a connection when its upgrade is done, a few milliseconds after the
-    // client's attempt starts; a window 50 ms short of 10 s absorbs that latency's variation.
-    let max = max_in_window(&connects, Duration::from_millis(9_950));
+    // The simulator stamps a connection when its upgrade is done, after the client's attempt
+    // starts: a few milliseconds on an idle machine, more on a loaded one (two busy cores),
+    // where that variation twice put 11 stamps into a window 50 ms short of 10 s. 500 ms short
+    // absorbs it and still tells the ceiling from a storm (which would be hundreds).
+    let max = max_in_window(&connects, Duration::from_millis(9_500));
     let span = connects[RECONNECTS].duration_since(connects[0]);
     eprintln!("51 connections in {:.1} s, at most {max} in any 10 s window", span.as_secs_f64());
     assert!(max <= 10, "{max} connection attempts within 10 s");
