@@ -6,8 +6,8 @@
 //! reader never gets back to its staleness check: one slow frame could hold the connection for
 //! hours. `MessageDeadline` wraps the TCP stream (under TLS, so a trickled TLS record counts the
 //! same) and, once armed after the upgrade, fails a socket read with
-//! [`io::ErrorKind::TimedOut`] carrying [`Overdue`] when bytes have arrived but no whole message
-//! has been delivered for the stale timeout. The reader tells it about each delivered message
+//! [`io::ErrorKind::TimedOut`] carrying [`Overdue`] when bytes of a message arrived but it has not
+//! been delivered whole within the stale timeout of the first of them. The reader tells it about each delivered message
 //! through the shared [`Watch`] (one relaxed store); the wrapper reads the clock once per socket
 //! read, which is one syscall per 128 KiB chunk in a flood.
 //!
@@ -82,7 +82,7 @@ pub fn overdue(e: &io::Error) -> Option<&Overdue> {
 pub struct MessageDeadline<S> {
     inner: S,
     watch: Arc<Watch>,
-    /// When the deadline last started: the first socket read after a delivered message.
+    /// When the deadline last started: the first bytes read after a delivered message.
     since: Instant,
 }
 
@@ -97,21 +97,20 @@ impl<S: Read> Read for MessageDeadline<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let limit_ns = self.watch.limit_ns.load(Ordering::Relaxed);
         if limit_ns > 0 {
-            let limit = Duration::from_nanos(limit_ns);
-            let now = Instant::now();
             if self.watch.delivered.swap(false, Ordering::Relaxed) {
-                self.since = now;
                 self.watch.bytes_since_message.store(0, Ordering::Relaxed);
             }
             let bytes = self.watch.bytes_since_message.load(Ordering::Relaxed);
-            let waited = now.duration_since(self.since);
-            if bytes > 0 && waited > limit {
+            let limit = Duration::from_nanos(limit_ns);
+            if bytes > 0 && self.since.elapsed() > limit {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, Overdue { waited: limit, bytes }));
             }
         }
         let n = self.inner.read(buf)?;
-        if limit_ns > 0 {
-            self.watch.bytes_since_message.fetch_add(n as u64, Ordering::Relaxed);
+        // The deadline runs from the first byte after a delivered message: a quiet socket
+        // before it (heartbeats stopped, a slow market) is the staleness check's, not this one's.
+        if limit_ns > 0 && n > 0 && self.watch.bytes_since_message.fetch_add(n as u64, Ordering::Relaxed) == 0 {
+            self.since = Instant::now();
         }
         Ok(n)
     }
