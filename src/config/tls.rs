@@ -159,7 +159,15 @@ pub fn explain(error: &rustls::Error, host: &str, roots: &Roots) -> String {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 let names = match c {
                     CertificateError::NotValidForNameContext { presented, .. } if !presented.is_empty() => {
-                        format!(" (it names {})", presented.join(", "))
+                        // webpki writes them as `DnsName("x")` / `IpAddress(..)`: the names only.
+                        let names: Vec<&str> = presented
+                            .iter()
+                            .map(|p| {
+                                let inner = p.split_once('(').map_or(p.as_str(), |(_, rest)| rest);
+                                inner.trim_end_matches(')').trim_matches('"')
+                            })
+                            .collect();
+                        format!(" (it names {})", names.join(", "))
                     }
                     _ => String::new(),
                 };
@@ -251,17 +259,45 @@ mod tests {
         assert!(refused(&not_der).problem.contains("cannot be a trust anchor"), "{}", refused(&not_der));
     }
 
+    /// The versions a ClientHello built from `config` offers: its `supported_versions`
+    /// extension (TLS 1.3's way to offer versions; the record's legacy field says 1.2).
+    fn offered_versions(config: Arc<rustls::ClientConfig>) -> (u16, Vec<u16>) {
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut conn = rustls::ClientConnection::new(config, name).expect("client");
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).expect("client hello");
+        let u16_at = |i: usize| u16::from_be_bytes([hello[i], hello[i + 1]]);
+        assert_eq!((hello[0], hello[5]), (0x16, 0x01), "a handshake record holding a ClientHello");
+        let legacy = u16_at(9);
+        let mut i = 9 + 2 + 32;
+        i += 1 + hello[i] as usize; // session id
+        i += 2 + u16_at(i) as usize; // cipher suites
+        i += 1 + hello[i] as usize; // compression methods
+        let end = i + 2 + u16_at(i) as usize;
+        i += 2;
+        while i + 4 <= end {
+            let (kind, len) = (u16_at(i), u16_at(i + 2) as usize);
+            if kind == 0x002b {
+                let list = &hello[i + 5..i + 5 + hello[i + 4] as usize];
+                return (legacy, list.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect());
+            }
+            i += 4 + len;
+        }
+        panic!("no supported_versions extension in the ClientHello");
+    }
+
+    /// Proves the floor on the wire: the ClientHello the reader sends offers TLS 1.3 and 1.2 and
+    /// nothing else (a server that picks 1.1 or 1.0 is refused by rustls, which implements
+    /// neither); and ureq, which builds with `rustls::ALL_VERSIONS`, gets the same two.
     #[test]
     fn only_tls_1_2_and_1_3_are_offered() {
-        let config = client_config(&Roots::BuiltIn);
-        // The config keeps the versions it was built with; TLS 1.0 and 1.1 are not even known to
-        // rustls, so 1.2 is the floor for ureq too (it builds with `rustls::ALL_VERSIONS`).
-        assert!(config.supports_version(rustls::ProtocolVersion::TLSv1_3));
-        assert!(config.supports_version(rustls::ProtocolVersion::TLSv1_2));
-        assert!(!config.supports_version(rustls::ProtocolVersion::TLSv1_1));
-        assert!(!config.supports_version(rustls::ProtocolVersion::TLSv1_0));
+        let (legacy, offered) = offered_versions(client_config(&Roots::BuiltIn));
+        assert_eq!(legacy, 0x0303, "legacy_version is TLS 1.2");
+        assert_eq!(offered, [0x0304, 0x0303], "TLS 1.3 and 1.2 only");
         let all: Vec<_> = rustls::ALL_VERSIONS.iter().map(|v| v.version).collect();
         assert_eq!(all, [rustls::ProtocolVersion::TLSv1_3, rustls::ProtocolVersion::TLSv1_2]);
+        let ours: Vec<_> = PROTOCOL_VERSIONS.iter().map(|v| v.version).collect();
+        assert_eq!(ours, all);
     }
 
     #[test]

@@ -19,3 +19,4 @@ mod recovery;
 mod resume;
 mod shutdown;
 mod tidy;
+mod tls;
