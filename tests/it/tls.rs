@@ -378,3 +378,32 @@ fn a_server_offering_only_tls_1_1_is_refused() {
     assert!(!server_side.iter().any(|l| l.starts_with("handshake")), "a handshake got through: {server_side:?}");
     assert!(market_lines(&feed.stdout.snapshot()).is_empty());
 }
+
+/// Proves a `--ca-file` that cannot be used is refused at start with exit 2, naming the flag,
+/// the path and the fix, before any connection: missing, not PEM, and PEM without a certificate.
+#[test]
+fn an_unusable_ca_file_is_exit_2_naming_the_flag_and_the_path() {
+    let dir = TempDir::new("tls-bad-ca");
+    let missing = dir.0.join("missing.pem");
+    let text = write(&dir, "text.pem", "not a certificate at all\n");
+    let key_only = write(&dir, "key.pem", &KeyPair::generate().expect("key").serialize_pem());
+    for (path, problem) in
+        [(&missing, "cannot read it"), (&text, "holds no PEM certificate"), (&key_only, "but no CERTIFICATE")]
+    {
+        let out = Command::new(crate::harness::bin())
+            .args(["--symbols", "BITSTAMP_SPOT_BTC_USD", "--ca-file"])
+            .arg(path)
+            .env("COINAPI_KEY", crate::harness::KEY)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run coinfeed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", path.display());
+        assert!(out.stdout.is_empty());
+        let shown = path.display().to_string();
+        for words in ["error: --ca-file: ", shown.as_str(), problem, "drop --ca-file to use the built-in web roots"] {
+            assert!(stderr.contains(words), "{}: stderr should say {words:?}:\n{stderr}", path.display());
+        }
+        assert!(!stderr.contains(crate::harness::KEY));
+    }
+}
