@@ -407,3 +407,41 @@ fn an_unusable_ca_file_is_exit_2_naming_the_flag_and_the_path() {
         assert!(!stderr.contains(crate::harness::KEY));
     }
 }
+
+/// Proves the REST client checks certificates against the same roots: with a valid `wss://`
+/// and an `https://` server whose certificate comes from another CA, a gap's recovery attempt
+/// is refused in the same words (a failed attempt of the gap, not a crash), and no request
+/// reaches the REST server behind the front.
+#[test]
+fn an_untrusted_rest_certificate_fails_the_recovery_attempt_by_name() {
+    let dir = TempDir::new("tls-rest");
+    let ca = TestCa::new("coinfeed test CA");
+    let other_ca = TestCa::new("some other CA");
+    let ca_file = write(&dir, "ca.pem", &ca.pem());
+    let symbol = "SIMX_SPOT_TLSREST_USD";
+    let sim = Sim::start(SimConfig { symbols: vec![symbol.to_string()], rate_per_sec: 100, ..SimConfig::default() })
+        .expect("sim");
+    let ws_front = TlsFront::start(server_tls(&ca.issue(LOOPBACK_NAMES, false)), sim.ws_addr()).expect("ws front");
+    let rest_id = other_ca.issue(LOOPBACK_NAMES, false);
+    let rest_front = TlsFront::start(server_tls(&rest_id), sim.rest_addr()).expect("rest front");
+    let ca_arg = ca_file.to_string_lossy().into_owned();
+    let extra = ["--ca-file", ca_arg.as_str(), "--recovery-max-attempts", "2"];
+    let mut feed = Feed::against(&wss(&ws_front), &https(&rest_front), symbol, "trade", &extra);
+    assert!(feed.stdout.wait_until(Duration::from_secs(20), |l| market_lines(l).len() >= 20), "{}", feed.stderr_text());
+    sim.inject(WsFault::WithholdTrades { symbol_id: symbol.to_string(), duration: Duration::from_secs(2) });
+    let words = "failed: request failed: tls: the server's certificate has an unknown issuer";
+    let named = feed.stderr.wait_until(Duration::from_secs(30), |l| l.iter().any(|l| l.contains(words)));
+    assert!(named, "no log line saying {words:?}; stderr:\n{}", feed.stderr_text());
+    let line = feed.stderr.snapshot().into_iter().find(|l| l.contains(words)).unwrap_or_default();
+    eprintln!("untrusted REST certificate: {line}; rest front: {:?}", rest_front.handshakes());
+    feed.signal("INT");
+    let (status, _) = feed.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(!rest_front.handshakes().is_empty() && rest_front.handshakes().iter().all(|h| h.result.is_err()));
+    assert!(
+        crate::harness::rest_requests(&sim).is_empty(),
+        "a request got through: {:?}",
+        crate::harness::rest_requests(&sim)
+    );
+    assert!(rest_lines(&feed.stdout.snapshot()).is_empty());
+}
