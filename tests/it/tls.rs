@@ -445,3 +445,34 @@ fn an_untrusted_rest_certificate_fails_the_recovery_attempt_by_name() {
     );
     assert!(rest_lines(&feed.stdout.snapshot()).is_empty());
 }
+
+/// Proves `coinfeed sim --tls-cert --tls-key` serves wss:// and https://: its printed URLs are
+/// TLS ones, and coinfeed with --ca-file streams from them.
+#[test]
+fn the_standalone_simulator_serves_tls_from_pem_files() {
+    let dir = TempDir::new("tls-standalone");
+    let ca = TestCa::new("coinfeed test CA");
+    let ca_file = write(&dir, "ca.pem", &ca.pem());
+    let id = ca.issue(LOOPBACK_NAMES, false);
+    let chain = write(&dir, "chain.pem", &id.chain);
+    let key = write(&dir, "key.pem", &id.key);
+    let sim_args: Vec<String> = ["sim", "--rate", "100", "--tls-cert"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([chain.to_string_lossy().into_owned(), "--tls-key".into(), key.to_string_lossy().into_owned()])
+        .collect();
+    let mut sim = Feed::start(&sim_args, crate::harness::FeedOptions { key: None, ..Default::default() });
+    assert!(sim.stdout.wait_until(Duration::from_secs(15), |l| !l.is_empty()), "{}", sim.stderr_text());
+    let urls: serde_json::Value = serde_json::from_str(&sim.stdout.snapshot()[0]).expect("the URL line");
+    let (ws, rest) = (urls["ws_url"].as_str().expect("ws_url"), urls["rest_url"].as_str().expect("rest_url"));
+    assert!(ws.starts_with("wss://127.0.0.1:") && rest.starts_with("https://127.0.0.1:"), "{urls}");
+    let ca_arg = ca_file.to_string_lossy().into_owned();
+    let mut feed = Feed::against(ws, rest, "BITSTAMP_SPOT_BTC_USD", "trade", &["--ca-file", &ca_arg]);
+    let streamed = feed.stdout.wait_until(Duration::from_secs(20), |l| market_lines(l).len() >= 10);
+    assert!(streamed, "no data from the standalone simulator over wss://; stderr:\n{}", feed.stderr_text());
+    feed.signal("INT");
+    feed.wait_exit(Duration::from_secs(10));
+    sim.signal("INT");
+    let (status, _) = sim.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}: {}", sim.stderr_text());
+}
