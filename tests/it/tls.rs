@@ -155,8 +155,8 @@ struct Refusal {
 /// and is retried like any failed connect, not in a storm: a wrong host name, an expired
 /// certificate, a self-signed one and one from a CA other than --ca-file's, side by side for
 /// 12 s each. Every attempt reaches the front as a handshake the client ended; the attempts
-/// keep the backoff's bound (at most 10 in any 10 s; here 4 to 6 in 12 s, as the jittered
-/// exponential backoff from 0.5 s gives) and the REST side says the same words.
+/// keep the backoff's bound (at most 10 in any 10 s; measured 7 or 8 in 12 s: two at once,
+/// then the jittered exponential backoff from 0.5 s), and a `connection` line names the cause.
 #[test]
 fn bad_certificates_are_refused_by_name_and_retried_without_a_storm() {
     let dir = TempDir::new("tls-refused");
