@@ -27,8 +27,9 @@ pub const CA_FILE_CERTS_MAX: usize = 1000;
 /// Largest `--ca-file` read (a system bundle is about 200 KiB).
 pub const CA_FILE_BYTES_MAX: u64 = 4 << 20;
 
-/// The certificate authorities a server's certificate must chain to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The certificate authorities a server's certificate must chain to. Debug shows where they
+/// come from, not the certificates' bytes.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Roots {
     /// Mozilla's web roots, built into the binary (`webpki-roots`): the default.
     BuiltIn,
@@ -36,6 +37,12 @@ pub enum Roots {
     /// `--cacert`): a private CA or a TLS-intercepting proxy is trusted without trusting the
     /// whole web PKI too.
     CaFile { path: PathBuf, certs: Arc<Vec<CertificateDer<'static>>> },
+}
+
+impl std::fmt::Debug for Roots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl Roots {
