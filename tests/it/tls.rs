@@ -283,23 +283,29 @@ listener = socket.socket()
 listener.bind(("127.0.0.1", 0))
 listener.listen(16)
 port = listener.getsockname()[1]
+checked = []
 def selfcheck():
     with socket.create_connection(("127.0.0.1", port)) as raw:
         with client.wrap_socket(raw) as t:
-            print("selfcheck", t.version(), flush=True)
-threading.Thread(target=selfcheck).start()
+            checked.append(t.version())
+check = threading.Thread(target=selfcheck)
+check.start()
 first = True
 while True:
     c, _ = listener.accept()
     c.settimeout(5)
     try:
         t = server.wrap_socket(c, server_side=True)
-        print("handshake", t.version(), flush=True)
+        if not first:
+            print("handshake", t.version(), flush=True)
         t.close()
     except Exception as e:
         print("refused", e, flush=True)
         c.close()
     if first:
+        # Only this thread prints, so no two lines interleave.
+        check.join()
+        print("selfcheck", checked[0] if checked else "failed", flush=True)
         print("port", port, flush=True)
         first = False
 "#;
