@@ -56,7 +56,7 @@ exit code 0. A second Ctrl-C exits at once with code 130.",
     args_conflicts_with_subcommands = true,
     after_help = "Exit codes: 0 clean stop (signal, closed stdout, --limit reached, replay done), 1 runtime failure \
 (output write error such as a full disk, a damaged recording, a thread that panicked, an undelivered Kafka record), 2 invalid \
-command line or an unusable --output-dir/--record/--metrics-listen/--kafka-brokers, 3 API key refused by CoinAPI, 130 second Ctrl-C.\n\n\
+command line or an unusable --output-dir/--record/--metrics-listen/--kafka-brokers/--ca-file, 3 API key refused by CoinAPI, 130 second Ctrl-C.\n\n\
 Example:\n  COINAPI_KEY=... coinfeed --symbols BITSTAMP_SPOT_BTC_USD,COINBASE_SPOT_ETH_USD --types trade,quote > feed.ndjson"
 )]
 struct Cli {

@@ -100,6 +100,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub allow_insecure_ws: bool,
 
+    /// Trust exactly the CA certificates in this PEM file (one or more), instead of the built-in
+    /// web roots, for wss:// and https:// alike: a private CA or a TLS-intercepting proxy. To
+    /// trust both, give a bundle that holds both (e.g. /etc/ssl/certs/ca-certificates.crt plus
+    /// yours) [default: the built-in web roots].
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+
     /// Also keep every raw frame read from the WebSocket, with its receive time and connection,
     /// in FILE (a compact, versioned, append-only recording; rotated by --rotate like the
     /// output), for `coinfeed replay`. The recorder never slows the reader: a frame it cannot

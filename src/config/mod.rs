@@ -20,6 +20,7 @@ use crate::wire::DataType;
 pub mod cli;
 pub mod limits;
 pub mod shard;
+pub mod tls;
 pub mod units;
 
 pub use cli::{BookOutput, CompressArg, PipelineArgs, ReplayArgs, RunArgs};
@@ -86,6 +87,8 @@ pub struct IngestConfig {
     pub stale_timeout: Duration,
     pub backoff_max: Duration,
     pub max_message_bytes: usize,
+    /// The CAs a `wss://` server's certificate must chain to (`--ca-file`).
+    pub roots: tls::Roots,
 }
 
 /// The threads between the socket and stdout.
@@ -153,6 +156,8 @@ pub struct RecoveryConfig {
     pub budget: Option<u64>,
     /// A replay: no REST request is made; every gap's recovery fails as `offline`.
     pub offline: bool,
+    /// The CAs an `https://` server's certificate must chain to (`--ca-file`).
+    pub roots: tls::Roots,
 }
 
 /// Everything the pipeline needs, validated. Passed explicitly; no global state.
@@ -248,7 +253,8 @@ fn err(flag: &'static str, problem: impl Into<String>, fix: impl Into<String>) -
 
 impl Config {
     /// Validates raw arguments. `api_key` is the value of COINAPI_KEY, if set; `n_cores` the
-    /// available parallelism (both passed in so this stays pure and testable).
+    /// available parallelism (both passed in so this stays testable). The one IO is reading
+    /// `--ca-file`, when given (`tls::load_ca_file`).
     pub fn from_args(args: &RunArgs, api_key: Option<String>, n_cores: usize) -> Result<Config, ConfigError> {
         let symbols_text = match (&args.symbols, args.sim) {
             (Some(s), _) => s.as_str(),
@@ -287,6 +293,12 @@ impl Config {
 
         let ws = parse_ws_url(&args.ws_url, args.allow_insecure_ws)?;
         let rest_url = parse_rest_url(&args.rest_url)?;
+        // The one file validation reads: a CA file that cannot be used is a bad flag, refused
+        // before anything starts, not a failure at the first connect.
+        let roots = match &args.ca_file {
+            Some(path) => tls::load_ca_file(path)?,
+            None => tls::Roots::BuiltIn,
+        };
         let queue_wait = Duration::from_millis(limits::check("--queue-wait-ms", args.queue_wait_ms)?);
         if !(args.recovery_rps.is_finite() && args.recovery_rps > 0.0 && args.recovery_rps <= RECOVERY_RPS_MAX) {
             return Err(err(
@@ -352,6 +364,7 @@ impl Config {
                 stale_timeout,
                 backoff_max,
                 max_message_bytes: MAX_MESSAGE_BYTES,
+                roots: roots.clone(),
             },
             pipeline,
             recovery: RecoveryConfig {
@@ -364,6 +377,7 @@ impl Config {
                 trades_limit,
                 budget: args.recovery_budget,
                 offline: false,
+                roots,
             },
             limits,
             log_level,
@@ -413,6 +427,7 @@ impl Config {
                 stale_timeout: secs(limits::STALE_TIMEOUT_S_DEFAULT),
                 backoff_max: secs(limits::BACKOFF_MAX_S_DEFAULT),
                 max_message_bytes: MAX_MESSAGE_BYTES,
+                roots: tls::Roots::BuiltIn,
             },
             pipeline,
             recovery: RecoveryConfig {
@@ -425,6 +440,7 @@ impl Config {
                 trades_limit,
                 budget: None,
                 offline: true,
+                roots: tls::Roots::BuiltIn,
             },
             limits,
             log_level,

@@ -30,7 +30,7 @@ use crate::config::limits::{
     CLOSE_WAIT, CONNECT_SLICE, CONTROL_WAIT, READ_TICK, RECONNECT_NOTICE_DEFAULT, RECONNECT_NOTICE_MAX,
     UPGRADE_429_WAIT_DEFAULT, UPGRADE_RETRY_AFTER_MAX, WRITE_TIMEOUT, WS_READ_BUFFER_BYTES, WS_WRITE_BUFFER_MAX_BYTES,
 };
-use crate::config::IngestConfig;
+use crate::config::{tls, IngestConfig};
 use crate::lanes::{Dispatch, Lanes, Resyncs};
 use crate::metrics::Metrics;
 use crate::output::ndjson::{Batch, ConnectionEvent, ControlLine, TimestampFormatter};
@@ -142,7 +142,7 @@ impl<'a> Reader<'a> {
             shutdown,
             lanes,
             control,
-            tls: tls_config(),
+            tls: tls::client_config(&config.roots),
             backoff: Backoff::new(policy),
             // Seeded from the OS-seeded thread-local generator: two clients restarted together
             // must not retry in lockstep.
@@ -310,7 +310,7 @@ impl<'a> Reader<'a> {
                     }
                     attempt = mid.handshake();
                 }
-                Err(HandshakeError::Failure(e)) => return Err(classify_handshake_error(e, cfg.connect_timeout)),
+                Err(HandshakeError::Failure(e)) => return Err(classify_handshake_error(e, cfg)),
             }
         };
         control.set_read_timeout(Some(READ_TICK)).map_err(io)?;
@@ -682,20 +682,14 @@ pub fn ws_config(config: &IngestConfig) -> WebSocketConfig {
         .max_frame_size(Some(config.max_message_bytes))
 }
 
-/// One rustls configuration (ring, webpki roots) for every connection, so no process-wide
-/// crypto provider is needed.
-fn tls_config() -> Arc<rustls::ClientConfig> {
-    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports rustls' default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(config)
-}
-
-fn classify_handshake_error(e: tungstenite::Error, timeout: Duration) -> ConnectError {
+fn classify_handshake_error(e: tungstenite::Error, cfg: &IngestConfig) -> ConnectError {
+    let timeout = cfg.connect_timeout;
+    // A refused TLS handshake (certificate, version) is retried with the usual backoff like any
+    // failed connect: a server's certificate can be fixed while we wait, and the backoff keeps
+    // the attempts at most 10 per 10 s and 1 per --backoff-max at length.
+    if let Some(tls_error) = tls::find_rustls_error(&e) {
+        return ConnectError::Retry(tls::explain(tls_error, &cfg.ws.host, &cfg.roots));
+    }
     match e {
         tungstenite::Error::Http(response) => {
             let status = response.status().as_u16();

@@ -5,11 +5,13 @@
 //! Records are kept as raw JSON text (`RawValue`), so recovered prices reach stdout exactly as
 //! CoinAPI wrote them, like the WebSocket path.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
 
 use crate::config::limits::{REST_BODY_MAX_BYTES, REST_CONNECT_TIMEOUT_MAX};
+use crate::config::tls::{self, Roots};
 use crate::config::{ApiKey, RecoveryConfig};
 use crate::lanes::RecoveryKey;
 use crate::output::ndjson::TimestampFormatter;
@@ -42,6 +44,9 @@ pub struct RestClient {
     trades_limit: u32,
     /// `--recovery-timeout`: the whole request, for the error that names it.
     timeout: Duration,
+    /// The REST host, for naming it when its TLS handshake is refused.
+    host: String,
+    roots: Roots,
 }
 
 impl RestClient {
@@ -53,7 +58,8 @@ impl RestClient {
             .timeout_per_read(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)
-            .user_agent(concat!("coinfeed/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!("coinfeed/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls_config(&config.roots));
         // A proxy from the environment must not capture loopback traffic (the simulator).
         if rest_is_loopback(&config.rest_url) {
             builder = builder.proxy(None);
@@ -64,6 +70,13 @@ impl RestClient {
             key: config.api_key.clone(),
             trades_limit: config.trades_limit,
             timeout,
+            host: config
+                .rest_url
+                .parse::<tungstenite::http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_string))
+                .unwrap_or_default(),
+            roots: config.roots.clone(),
         }
     }
 
@@ -117,6 +130,8 @@ impl RestClient {
         {
             Ok(r) => r,
             Err(e) => {
+                // A refused TLS handshake is a failed attempt like any other (counted against
+                // --recovery-max-attempts), reported in the same words as the WebSocket's.
                 answer.outcome = FetchOutcome::Transient(self.describe(&e, "request failed"));
                 return answer;
             }
@@ -181,7 +196,10 @@ impl RestClient {
                 self.timeout.as_secs_f64()
             ),
             ureq::Error::BodyExceedsLimit(limit) => format!("REST body exceeds {limit} bytes"),
-            other => format!("{doing}: {other}"),
+            other => match rustls_error(other) {
+                Some(tls_error) => format!("{doing}: {}", tls::explain(tls_error, &self.host, &self.roots)),
+                None => format!("{doing}: {other}"),
+            },
         }
     }
 }
@@ -255,6 +273,33 @@ fn error_message(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let m = v.get("error").or_else(|| v.get("message"))?.as_str()?;
     Some(m.chars().take(200).collect())
+}
+
+/// ureq's TLS: rustls with ring (passed explicitly, as for the WebSocket) and the same roots.
+/// ureq builds its rustls config with `rustls::ALL_VERSIONS`, TLS 1.3 and 1.2 (a unit test of
+/// `config::tls` holds that it is no more), so the floor is TLS 1.2 here too.
+fn tls_config(roots: &Roots) -> ureq::tls::TlsConfig {
+    let root_certs = match roots {
+        Roots::BuiltIn => ureq::tls::RootCerts::WebPki,
+        Roots::CaFile { certs, .. } => ureq::tls::RootCerts::Specific(Arc::new(
+            certs.iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect(),
+        )),
+    };
+    ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(root_certs)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build()
+}
+
+/// The rustls error behind a failed request: ureq hands it back directly or inside an
+/// `io::Error` (the handshake runs through its transport's IO).
+fn rustls_error(e: &ureq::Error) -> Option<&rustls::Error> {
+    match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => tls::find_rustls_error(io),
+        _ => None,
+    }
 }
 
 fn rest_is_loopback(url: &str) -> bool {

@@ -20,3 +20,4 @@ mod recovery;
 mod resume;
 mod shutdown;
 mod tidy;
+mod tls;

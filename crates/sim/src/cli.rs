@@ -45,6 +45,13 @@ pub struct SimArgs {
     /// (0 = only when a stream starts).
     #[arg(long, default_value_t = 0)]
     pub book_snapshot_every: u64,
+    /// Serve wss:// and https:// (through a TLS front each) with this PEM certificate chain,
+    /// the leaf first; the plain ports stay open behind them. Needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl SimArgs {
@@ -63,14 +70,30 @@ impl SimArgs {
     }
 }
 
-/// Starts the simulator, prints `{"ws_url":...,"rest_url":...}` on one stdout line, and runs
-/// until `stop` becomes true.
+/// Starts the simulator, prints `{"ws_url":...,"rest_url":...}` on one stdout line (the
+/// `wss://` and `https://` fronts' with `--tls-cert`), and runs until `stop` becomes true.
 pub fn run_standalone(args: &SimArgs, stop: &AtomicBool) -> io::Result<()> {
     let sim = Sim::start(args.to_config())?;
+    let fronts = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| io::Error::new(e.kind(), format!("sim cannot read {}: {e}", p.display())))
+            };
+            let tls = super::tls::ServerTls::from_pem(&read(cert)?, &read(key)?)?;
+            let ws = super::tls::TlsFront::start(tls.clone(), sim.ws_addr())?;
+            let rest = super::tls::TlsFront::start(tls, sim.rest_addr())?;
+            Some((ws, rest))
+        }
+        _ => None,
+    };
+    let (ws_url, rest_url) = match &fronts {
+        Some((ws, rest)) => (format!("wss://{}/v1/", ws.addr()), format!("https://{}", rest.addr())),
+        None => (sim.ws_url(), sim.rest_url()),
+    };
     let line = format!(
         "{{\"ws_url\":{},\"rest_url\":{}}}",
-        super::gen::json_string(&sim.ws_url()),
-        super::gen::json_string(&sim.rest_url())
+        super::gen::json_string(&ws_url),
+        super::gen::json_string(&rest_url)
     );
     {
         let mut out = io::stdout().lock();
@@ -79,6 +102,10 @@ pub fn run_standalone(args: &SimArgs, stop: &AtomicBool) -> io::Result<()> {
     }
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(STOP_POLL);
+    }
+    if let Some((ws, rest)) = fronts {
+        ws.shutdown();
+        rest.shutdown();
     }
     sim.shutdown();
     Ok(())

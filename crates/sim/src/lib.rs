@@ -7,7 +7,7 @@
 //! the state shared by the server threads. `ws` runs the WebSocket connections, `rest` the HTTP
 //! server, `gen` produces the frames, `book` keeps the per-symbol order book models and the book
 //! oracle, `market` keeps the per-symbol trade store, `record` keeps the observation records,
-//! `cli` the standalone flags. The simulator never uses the client's
+//! `cli` the standalone flags, `tls` the TLS front (`wss://`, `https://`). The simulator never uses the client's
 //! types: it writes its wire text by hand so it is an independent witness. Production code never
 //! imports it.
 //!
@@ -44,6 +44,7 @@ mod hostile;
 mod market;
 mod record;
 mod rest;
+pub mod tls;
 mod ws;
 
 #[cfg(test)]
