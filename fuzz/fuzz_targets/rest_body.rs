@@ -3,7 +3,8 @@
 //! orderbooks current, an error answer), the rest is the body. `parse_records` must accept
 //! exactly what serde_json reads as an array of objects or one object, and each record must be
 //! the element's exact text; a history page's last time must be its last record's top-level
-//! `time_exchange` (unescaped; none when it is given twice); an error body's message must be serde_json's `error` (or `message`) string.
+//! `time_exchange` (unescaped; none when it is given twice); an error body's message must be
+//! serde_json's `error` (or `message`) string.
 
 #![no_main]
 

@@ -399,7 +399,9 @@ mod tests {
     fn escaped_fields_are_read_and_arrays_are_not_lines() {
         let mut scan = TailScan::new(4, 10);
         let t = stamp(T0);
-        scan.add_line(format!(r#"{{"type":"trade","symbol_id":"A\u0042\/C","time_exchange":"{t}","uuid":"u\u0027"}}"#).as_bytes());
+        scan.add_line(
+            format!(r#"{{"type":"trade","symbol_id":"A\u0042\/C","time_exchange":"{t}","uuid":"u\u0027"}}"#).as_bytes(),
+        );
         scan.add_line(format!(r#"{{"type":"tr\u0061de","symbol_id":"D","time_exchange":"{t}"}}"#).as_bytes());
         scan.add_line(format!(r#"["trade","E","{t}","u"]"#).as_bytes());
         assert_eq!(scan.counts(), ScanCounts { lines: 3, trade_lines: 2, bad_lines: 1, untracked_lines: 0 });

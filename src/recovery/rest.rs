@@ -244,7 +244,10 @@ mod tests {
         let nested = r#"[{"last":{"time_exchange":"2020-01-01T00:00:00Z"},"time_exchange":"2021-01-01T00:00:00Z"}]"#;
         assert_eq!(last(nested), Some(1_609_459_200_000_000_000));
         assert_eq!(last(r#"[{"time_exchange":"2021-01-01T00:00:00\u005a"}]"#), Some(1_609_459_200_000_000_000));
-        assert_eq!(last(r#"[{"a":1},{"time_exchange":"2021-01-01T00:00:00Z","x":[1]}]"#), Some(1_609_459_200_000_000_000));
+        assert_eq!(
+            last(r#"[{"a":1},{"time_exchange":"2021-01-01T00:00:00Z","x":[1]}]"#),
+            Some(1_609_459_200_000_000_000)
+        );
         assert_eq!(last(r#"[{"time_exchange":"2021-01-01T00:00:00Z"},{"uuid":"u"}]"#), None);
         assert_eq!(last(r#"[{"time_exchange":7}]"#), None);
     }
