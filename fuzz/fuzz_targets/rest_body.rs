@@ -10,8 +10,9 @@
 
 use coinfeed::recovery::rest::{error_message, last_time_ns, parse_records};
 use coinfeed::wire::parse_timestamp_ns;
-use coinfeed_fuzz::Entries;
+use coinfeed_fuzz::{string, Entries};
 use libfuzzer_sys::fuzz_target;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,10 +26,20 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let got = parse_records(body);
-    let want: Option<Vec<Value>> = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(items)) if items.iter().all(Value::is_object) => Some(items),
-        Ok(one @ Value::Object(_)) => Some(vec![one]),
-        _ => None,
+    // serde_json's `Value` refuses a number beyond f64's range (`1e400`), valid JSON text that
+    // the records keep as text: such a body is read as raw elements instead.
+    let want: Option<Vec<Option<Value>>> = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) if items.iter().all(Value::is_object) => Some(items.into_iter().map(Some).collect()),
+        Ok(one @ Value::Object(_)) => Some(vec![Some(one)]),
+        Ok(_) => None,
+        Err(_) => match serde_json::from_slice::<Vec<Box<RawValue>>>(body) {
+            Ok(items) if items.iter().all(|i| i.get().starts_with('{')) => Some(vec![None; items.len()]),
+            Ok(_) => None,
+            Err(_) => serde_json::from_slice::<Box<RawValue>>(body)
+                .ok()
+                .filter(|one| one.get().starts_with('{'))
+                .map(|_| vec![None]),
+        },
     };
     match (&got, &want) {
         (Ok(records), Some(items)) => {
@@ -37,7 +48,9 @@ fuzz_target!(|data: &[u8]| {
                 // The exact text of the element: it parses back to the same value and holds no
                 // whitespace at its ends (it is written out as it is).
                 let text = r.get();
-                assert_eq!(&serde_json::from_str::<Value>(text).expect("record text"), item);
+                if let Some(item) = item {
+                    assert_eq!(&serde_json::from_str::<Value>(text).expect("record text"), item);
+                }
                 assert!(text.starts_with('{') && text.ends_with('}'), "{text:?}");
                 assert!(body.windows(text.len()).any(|w| w == text.as_bytes()), "record text not in the body");
             }
@@ -51,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
         let want = records.last().and_then(|r| {
             let entries = serde_json::from_str::<Entries>(r.get()).ok()?;
             // Given twice, it names no one time.
-            let t = entries.once("time_exchange").ok()??.as_str()?.to_string();
+            let t = string(entries.once_raw("time_exchange").ok()??)?;
             parse_timestamp_ns(&t)
         });
         assert_eq!(last_time_ns(&records), want, "{:?}", records.last());

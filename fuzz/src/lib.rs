@@ -11,7 +11,6 @@ use std::fmt;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 /// A number's value: `0` or `±0.d1d2…dn × 10^exp` with `d1 ≠ 0` and `dn ≠ 0`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,18 +140,7 @@ pub fn compare(a: &Decimal, b: &Decimal) -> Ordering {
 pub struct Entries(pub Vec<(String, Box<RawValue>)>);
 
 impl Entries {
-    /// The value of `key` when it is given exactly once; `Err(())` when it is given twice.
-    #[allow(clippy::result_unit_err)]
-    pub fn once(&self, key: &str) -> Result<Option<Value>, ()> {
-        let mut found = self.0.iter().filter(|(k, _)| k == key);
-        let first = found.next().map(|(_, v)| value(v));
-        if found.next().is_some() {
-            return Err(());
-        }
-        Ok(first)
-    }
-
-    /// The raw text of `key` when it is given exactly once.
+    /// The raw text of `key` when it is given exactly once; `Err(())` when it is given twice.
     #[allow(clippy::result_unit_err)]
     pub fn once_raw(&self, key: &str) -> Result<Option<&RawValue>, ()> {
         let mut found = self.0.iter().filter(|(k, _)| k == key);
@@ -164,9 +152,10 @@ impl Entries {
     }
 }
 
-/// A raw value read as serde_json's `Value` (it was valid JSON when it was taken apart).
-pub fn value(raw: &RawValue) -> Value {
-    serde_json::from_str(raw.get()).expect("a raw value is valid JSON")
+/// A raw value that is a JSON string, unescaped. Numbers are never read through `Value` here:
+/// serde_json refuses one beyond f64's range (`1e400`), which is still valid JSON text.
+pub fn string(raw: &RawValue) -> Option<String> {
+    serde_json::from_str(raw.get()).ok()
 }
 
 impl<'de> Deserialize<'de> for Entries {
