@@ -83,9 +83,10 @@ fuzz_summary() {
     last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
     verdict="no crash"
     [[ $status -eq 0 ]] || verdict="CRASH (exit $status; see $log)"
-    printf '%-10s execs=%s exec/s=%s wall=%ss cov=%s ft=%s corpus=%s files  %s\n' "$t" "${execs:-?}" "${rate:-?}" \
+    # corp: libFuzzer's corpus at the end (units/bytes); files: what the working corpus holds.
+    printf '%-10s execs=%s exec/s=%s wall=%ss cov=%s ft=%s corp=%s (%s files)  %s\n' "$t" "${execs:-?}" "${rate:-?}" \
         "$wall_s" "$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")" "$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")" \
-        "$(find "$corpus" -type f | wc -l)" "$verdict"
+        "$(sed -n 's/.* corp: \([^ ]*\).*/\1/p' <<<"$last")" "$(find "$corpus" -type f | wc -l)" "$verdict"
 }
 
 case "${1:-}" in
