@@ -13,6 +13,7 @@
 //! a budget of decoded bytes is spent, decompressing `.zst` and `.gz`, with a bound on the
 //! length of a line.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read};
@@ -68,17 +69,21 @@ pub struct ScanCounts {
 }
 
 /// The fields of an output line that matter here; every other is skipped unread (prices and
-/// sizes of up to 29 digits included).
+/// sizes of up to 29 digits included). Strings are read unescaped, as the worker reads them from
+/// the wire (`wire::decode`): a `&str` field refused any escaped value, so a symbol written as
+/// `"A\/B"` was never resumed (found by the `resume` fuzz target). `Option<Cow>` always owns
+/// (serde's `borrow` does not reach through `Option`): a few short allocations per line, once at
+/// start.
 #[derive(Deserialize)]
 struct Line<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
     #[serde(borrow)]
-    symbol_id: Option<&'a str>,
+    symbol_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    time_exchange: Option<&'a str>,
+    time_exchange: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    uuid: Option<&'a str>,
+    uuid: Option<Cow<'a, str>>,
 }
 
 /// One symbol's trades seen so far.
@@ -144,28 +149,32 @@ impl TailScan {
     /// One line, without its newline.
     pub fn add_line(&mut self, line: &[u8]) {
         self.counts.lines += 1;
-        let Ok(parsed) = serde_json::from_slice::<Line<'_>>(line) else {
+        // Every output line is an object; serde's derive would also take a JSON array as the
+        // fields in order (`["trade","A",…]`), which no writer of ours produces.
+        let is_object = line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let Some(parsed) = serde_json::from_slice::<Line<'_>>(line).ok().filter(|_| is_object) else {
             self.counts.bad_lines += 1;
             return;
         };
         if parsed.kind != "trade" {
             return;
         }
-        let time = parsed.time_exchange.and_then(parse_timestamp_ns);
+        let time = parsed.time_exchange.as_deref().and_then(parse_timestamp_ns);
         let (Some(symbol), Some(time)) = (parsed.symbol_id.filter(|s| !s.is_empty()), time) else {
             self.counts.bad_lines += 1;
             return;
         };
         let cap = self.cap_ids_per_symbol;
-        if let Some(tail) = self.symbols.get_mut(symbol) {
-            tail.add(parsed.uuid, time, cap);
+        let uuid = parsed.uuid.as_deref();
+        if let Some(tail) = self.symbols.get_mut(&*symbol) {
+            tail.add(uuid, time, cap);
         } else if self.symbols.len() >= self.max_symbols {
             self.counts.untracked_lines += 1;
             return;
         } else {
             let mut tail = Tail { time_ns: time, ids: Vec::new() };
-            tail.add(parsed.uuid, time, cap);
-            self.symbols.insert(symbol.to_owned(), tail);
+            tail.add(uuid, time, cap);
+            self.symbols.insert(symbol.into_owned(), tail);
         }
         self.counts.trade_lines += 1;
     }
@@ -381,6 +390,24 @@ mod tests {
     /// The ids of one symbol's result, as (uuid number, ms after T0).
     fn ids(last: &LastTrade) -> Vec<(String, i64)> {
         last.ids.iter().map(|(u, t)| (u.clone(), (t - T0) / MS)).collect()
+    }
+
+    /// Proves escaped strings in a line are read as the worker reads them off the wire
+    /// (unescaped), and that a JSON array is not taken for a line: the `resume` fuzz target's
+    /// finds (its seed of a symbol written `A\u0042` counted the line as bad).
+    #[test]
+    fn escaped_fields_are_read_and_arrays_are_not_lines() {
+        let mut scan = TailScan::new(4, 10);
+        let t = stamp(T0);
+        scan.add_line(
+            format!(r#"{{"type":"trade","symbol_id":"A\u0042\/C","time_exchange":"{t}","uuid":"u\u0027"}}"#).as_bytes(),
+        );
+        scan.add_line(format!(r#"{{"type":"tr\u0061de","symbol_id":"D","time_exchange":"{t}"}}"#).as_bytes());
+        scan.add_line(format!(r#"["trade","E","{t}","u"]"#).as_bytes());
+        assert_eq!(scan.counts(), ScanCounts { lines: 3, trade_lines: 2, bad_lines: 1, untracked_lines: 0 });
+        let last = scan.into_last_trades();
+        assert_eq!(last.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["AB/C", "D"]);
+        assert_eq!(last[0].1.ids, vec![("u'".to_string(), T0)]);
     }
 
     /// Proves the last trade is the latest exchange time whatever the order trades came in, that

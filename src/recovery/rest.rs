@@ -5,6 +5,7 @@
 //! Records are kept as raw JSON text (`RawValue`), so recovered prices reach stdout exactly as
 //! CoinAPI wrote them, like the WebSocket path.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,10 +153,7 @@ impl RestClient {
                 Ok(mut records) => {
                     if key.window.is_some() {
                         // History is oldest first already.
-                        answer.last_time_ns = records.last().and_then(|r| {
-                            let t = wire::scan_field(r.get().as_bytes(), b"time_exchange")?;
-                            wire::parse_timestamp_ns(std::str::from_utf8(t).ok()?)
-                        });
+                        answer.last_time_ns = last_time_ns(&records);
                     } else if key.data_type == DataType::Trade {
                         records.reverse();
                     }
@@ -249,8 +247,9 @@ fn nesting_beyond(body: &[u8], max: usize) -> Option<usize> {
     None
 }
 
-/// A JSON array of records, or one record object.
-fn parse_records(body: &[u8]) -> Result<Vec<Box<RawValue>>, String> {
+/// A JSON array of records, or one record object. Public for the fuzz targets (`fuzz/`), like
+/// `error_message` and `last_time_ns`: the pure part of reading every endpoint's body.
+pub fn parse_records(body: &[u8]) -> Result<Vec<Box<RawValue>>, String> {
     if let Some(at) = nesting_beyond(body, JSON_DEPTH_MAX) {
         return Err(format!("JSON nested deeper than {JSON_DEPTH_MAX} at byte {at}"));
     }
@@ -268,8 +267,22 @@ fn parse_records(body: &[u8]) -> Result<Vec<Box<RawValue>>, String> {
     }
 }
 
+/// The exchange time of a history page's last record, which the next page starts from: its own
+/// top-level `time_exchange`, unescaped. Read with serde, not `wire::scan_field`: the scan takes
+/// the first `"time_exchange"` key anywhere, so a nested object's (a `last_trade`) or an escaped
+/// value would move the page boundary (found by the `rest_body` fuzz target).
+pub fn last_time_ns(records: &[Box<RawValue>]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Times<'a> {
+        #[serde(borrow)]
+        time_exchange: Option<Cow<'a, str>>,
+    }
+    let t: Times<'_> = serde_json::from_str(records.last()?.get()).ok()?;
+    wire::parse_timestamp_ns(&t.time_exchange?)
+}
+
 /// CoinAPI's error body: `{"error": "..."}` (some answers use `message`).
-fn error_message(body: &[u8]) -> Option<String> {
+pub fn error_message(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let m = v.get("error").or_else(|| v.get("message"))?.as_str()?;
     Some(m.chars().take(200).collect())
@@ -337,6 +350,22 @@ mod tests {
         assert!(parse_records(b"<html>").is_err());
         assert!(parse_records(b"[1,2]").is_err());
         assert!(parse_records(b"[{\"a\":1}").is_err());
+    }
+
+    /// Proves a history page ends at its last record's own `time_exchange`: not a nested
+    /// object's, written before it, and not lost to an escape (`rest_body` fuzz target's finds).
+    #[test]
+    fn a_page_ends_at_its_last_records_own_time() {
+        let last = |body: &str| last_time_ns(&parse_records(body.as_bytes()).expect("records"));
+        let nested = r#"[{"last":{"time_exchange":"2020-01-01T00:00:00Z"},"time_exchange":"2021-01-01T00:00:00Z"}]"#;
+        assert_eq!(last(nested), Some(1_609_459_200_000_000_000));
+        assert_eq!(last(r#"[{"time_exchange":"2021-01-01T00:00:00\u005a"}]"#), Some(1_609_459_200_000_000_000));
+        assert_eq!(
+            last(r#"[{"a":1},{"time_exchange":"2021-01-01T00:00:00Z","x":[1]}]"#),
+            Some(1_609_459_200_000_000_000)
+        );
+        assert_eq!(last(r#"[{"time_exchange":"2021-01-01T00:00:00Z"},{"uuid":"u"}]"#), None);
+        assert_eq!(last(r#"[{"time_exchange":7}]"#), None);
     }
 
     #[test]

@@ -1,0 +1,57 @@
+//! Target for the command line and its validation (`config/`): the input is a command line
+//! (arguments split at NUL bytes, any bytes, not only UTF-8), parsed by clap as `coinfeed`'s run
+//! flags or as `coinfeed replay`'s, then validated into a `Config`. Neither may panic, whatever
+//! the flags; the API key must never show in the config's debug form or in an error.
+
+#![no_main]
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+
+use clap::Parser;
+use coinfeed::config::cli::{ReplayArgs, RunArgs};
+use coinfeed::config::Config;
+use libfuzzer_sys::fuzz_target;
+
+const KEY: &str = "FUZZ-SECRET-KEY-7f3a";
+
+#[derive(Parser, Debug)]
+struct ReplayCli {
+    #[command(flatten)]
+    args: ReplayArgs,
+}
+
+fn no_key(text: String) {
+    assert!(!text.contains(KEY), "the key shows: {text}");
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let n_cores = usize::from(mode >> 2) + 1;
+    let args = std::iter::once(OsString::from("coinfeed"))
+        .chain(rest.split(|&b| b == 0).map(|a| OsString::from_vec(a.to_vec())))
+        .take(64);
+    if mode & 1 == 0 {
+        let Ok(run) = RunArgs::try_parse_from(args) else { return };
+        let key = (mode & 2 == 0).then(|| KEY.to_string());
+        match Config::from_args(&run, key, n_cores) {
+            Ok(mut config) => {
+                no_key(format!("{config:?}"));
+                // The `--sim` wiring's second step, with the simulator's loopback endpoints.
+                if let Err(e) = config.use_endpoints("ws://127.0.0.1:1/v1/", "http://127.0.0.1:2") {
+                    no_key(e.to_string());
+                }
+            }
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                no_key(e.to_string());
+            }
+        }
+    } else {
+        let Ok(cli) = ReplayCli::try_parse_from(args) else { return };
+        match Config::from_replay_args(&cli.args, n_cores) {
+            Ok(config) => no_key(format!("{config:?}")),
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+});
