@@ -10,18 +10,16 @@
 //! ([`trickle`]); a deeply nested body and a redirect are ordinary responses built by `rest`.
 //!
 //! Every loop here writes through the socket's send timeout and checks the stop flag at least
-//! every `TICK`, so shutdown still joins within a second, and ends when the client goes away.
+//! every tick (`rest`'s 20 ms, through its `write_all` and `sleep_unless_stopped`), so shutdown still joins within a second, and ends when the client goes away.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::TcpStream;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use super::gen;
+use super::rest::{sleep_unless_stopped, write_all};
 use super::{Shared, WsFault};
 
-/// The longest a hostile loop goes without checking the stop flag.
-const TICK: Duration = Duration::from_millis(20);
 /// Bytes per write of an endless or huge body.
 const BODY_CHUNK: usize = 64 * 1024;
 /// How long an upgrade answer waits for the client's request head before answering anyway.
@@ -177,41 +175,6 @@ fn read_request_head(shared: &Shared, tcp: &mut TcpStream) -> bool {
         }
     }
     !shared.stopping()
-}
-
-/// Writes all of `bytes` through the socket's send timeout, until done, an error or shutdown.
-fn write_all(shared: &Shared, tcp: &mut TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        if shared.stopping() {
-            return Err(io::Error::other("shutdown"));
-        }
-        match tcp.write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Sleeps `d` in ticks; false if shutdown interrupted it.
-fn sleep_unless_stopped(shared: &Shared, d: Duration) -> bool {
-    let deadline = super::instant_after(d);
-    loop {
-        if shared.stopping() {
-            return false;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return true;
-        }
-        thread::sleep((deadline - now).min(TICK));
-    }
 }
 
 #[cfg(test)]

@@ -188,8 +188,8 @@ fn first_line_parts(buf: &[u8]) -> (String, String) {
     (method, target)
 }
 
-/// Writes all of `bytes`, retrying send timeouts until done or shutdown.
-fn write_all(shared: &Shared, tcp: &mut TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+/// Writes all of `bytes`, retrying send timeouts until done or shutdown (also `hostile`'s).
+pub(crate) fn write_all(shared: &Shared, tcp: &mut TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         if shared.stopping() {
             return Err(io::Error::other("shutdown"));
@@ -233,8 +233,8 @@ fn response_bytes(resp: &Response, close: bool) -> Vec<u8> {
     bytes
 }
 
-/// Sleeps `d` in ticks; false if shutdown interrupted it.
-fn sleep_unless_stopped(shared: &Shared, d: Duration) -> bool {
+/// Sleeps `d` in ticks; false if shutdown interrupted it (also `hostile`'s).
+pub(crate) fn sleep_unless_stopped(shared: &Shared, d: Duration) -> bool {
     let deadline = super::instant_after(d);
     loop {
         if shared.stopping() {
