@@ -11,7 +11,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use coinfeed::app::{self, Outcome};
-use coinfeed::config::{Config, ConfigError, Source, SymbolFilter};
+use coinfeed::config::{tls, Config, ConfigError, Source, SymbolFilter};
 use coinfeed::metrics::Metrics;
 use coinfeed::output::resume::{self, TailScan};
 use coinfeed::output::sink::Rotating;
@@ -178,6 +178,7 @@ fn run_pipeline(mut config: Config) -> Exit {
         },
         None => None,
     };
+    warn_if_ca_file_unused(&config);
 
     #[cfg(feature = "kafka")]
     let kafka = match connect_kafka(&config, &shutdown) {
@@ -357,6 +358,19 @@ fn read_kafka_tail(config: &Config, scan: &mut TailScan, ours: &dyn Fn(&[u8]) ->
 #[cfg(not(feature = "kafka"))]
 fn read_kafka_tail(_: &Config, _: &mut TailScan, _: &dyn Fn(&[u8]) -> bool) -> Result<String, ConfigError> {
     Ok("nothing".into())
+}
+
+/// A `--ca-file` that neither endpoint uses (plain ws:// and http://, as under `--sim`) is
+/// named at start rather than silently ignored: whoever gave it expected certificates checked.
+fn warn_if_ca_file_unused(config: &Config) {
+    let tls::Roots::CaFile { path, .. } = &config.ingest.roots else { return };
+    let rest_tls = config.recovery.rest_url.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+    if !config.ingest.ws.tls && !rest_tls {
+        log::warn!(
+            "--ca-file {} is not used: it applies to wss:// and https:// only, and this run's endpoints are ws:// and http://",
+            path.display()
+        );
+    }
 }
 
 /// Starts the built-in simulator for `--sim` and points the config at it.

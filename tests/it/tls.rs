@@ -142,6 +142,30 @@ fn a_valid_chain_streams_over_wss_and_recovers_over_https() {
     assert!(ok_handshakes(&rest_h) >= 1 && ok_handshakes(&rest_h) == rest_h.len(), "{rest_h:?}");
     let stderr = feed.stderr_text();
     assert!(!stderr.contains("tls: "), "a TLS complaint on a valid chain:\n{stderr}");
+    assert!(!stderr.contains("is not used"), "--ca-file called unused on wss://:\n{stderr}");
+}
+
+/// Proves a `--ca-file` that no endpoint can use (plain ws:// and http://, as under `--sim`) is
+/// named in a warning at start instead of being silently ignored, and the run goes on.
+#[test]
+fn a_ca_file_with_no_tls_endpoint_is_named_in_a_warning() {
+    let dir = TempDir::new("tls-unused-ca");
+    let ca_file = write(&dir, "ca.pem", &TestCa::new("coinfeed test CA").pem());
+    let symbol = "SIMX_SPOT_NOTLS_USD";
+    let sim = Sim::start(SimConfig { symbols: vec![symbol.to_string()], rate_per_sec: 100, ..SimConfig::default() })
+        .expect("sim");
+    let ca_arg = ca_file.to_string_lossy().into_owned();
+    let mut feed = Feed::against(&sim.ws_url(), &sim.rest_url(), symbol, "trade", &["--ca-file", &ca_arg]);
+    let words = format!("--ca-file {ca_arg} is not used: it applies to wss:// and https:// only");
+    let warned = feed.stderr.wait_until(Duration::from_secs(20), |l| l.iter().any(|l| l.contains(&words)));
+    assert!(warned, "no warning saying {words:?}; stderr:\n{}", feed.stderr_text());
+    let streamed = feed.stdout.wait_until(Duration::from_secs(20), |l| market_lines(l).len() >= 20);
+    assert!(streamed, "the run did not go on; stderr:\n{}", feed.stderr_text());
+    feed.signal("INT");
+    let (status, _) = feed.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}; stderr:\n{}", feed.stderr_text());
+    let line = feed.stderr.snapshot().into_iter().find(|l| l.contains(&words)).unwrap_or_default();
+    eprintln!("unused --ca-file: {line}");
 }
 
 /// One refused case: what the server presents, and the words the log must name it with.
