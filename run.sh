@@ -19,7 +19,8 @@
 #                        (fuzz/seeds/) and its working corpus (target/fuzz-corpus/); prints each
 #                        target's executions, exec/s, cov, ft, corpus size and crash / no crash.
 #                        cargo-fuzz is built into target/fuzz-tools by tests/fuzz/install.sh.
-#   ./run.sh fuzz-smoke  every fuzz target for 15 s from its seeds (CI); fails on any crash.
+#   ./run.sh fuzz-smoke  fmt and clippy on the fuzz crate, then every fuzz target for 15 s from its
+#                        seeds (CI); fails on a lint or any crash.
 #   ./run.sh soak [--minutes M | --seconds S] [--rate R] [--symbols N] [--slow-reader-us U] [--out DIR]
 #                        soak (or, with --slow-reader-us, overload) run of the release binary
 #                        against the simulator: CSV, RSS chart (SVG) and a summary; exits non-zero
@@ -125,6 +126,10 @@ fuzz | fuzz-smoke)
     if [[ $mode == fuzz-smoke ]]; then
         runs=
         seconds=15
+        # The fuzz crate is outside the workspace, so `./run.sh test`'s fmt and clippy miss it.
+        echo "== cargo fmt --check, cargo clippy -D warnings (the fuzz crate)" >&2
+        clippy_dir=${CARGO_TARGET_DIR:-$PWD/target}/fuzz-clippy
+        (cd fuzz && cargo fmt --check && cargo clippy --locked --all-targets --target-dir "$clippy_dir" -- -D warnings)
     fi
     if [[ " $* " == *" --seconds "* && " $* " != *" --runs "* ]]; then
         runs=

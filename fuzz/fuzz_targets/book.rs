@@ -17,6 +17,9 @@ use coinfeed_fuzz::{compare, decimal, key_of, object, parts, string, Decimal, En
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 
+/// One side's levels, best first: each level's price and size texts.
+type Levels = Vec<(String, String)>;
+
 const DEPTH: usize = 5;
 const MAX_LEVELS: usize = 8;
 
@@ -101,7 +104,7 @@ impl RefBook {
         Ok(())
     }
 
-    fn levels(&self) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    fn levels(&self) -> (Levels, Levels) {
         (self.bids.values().rev().cloned().collect(), self.asks.values().cloned().collect())
     }
 
@@ -116,7 +119,7 @@ impl RefBook {
 /// serde_json's reading of a side: absent or null is empty; otherwise an array of levels, each
 /// an object with `price` and `size` once (other fields ignored) or a two-element array (the
 /// sequence form serde's derive accepts for a struct). Values as their raw texts.
-fn reference_side(entries: &Entries, name: &str) -> Result<Vec<(String, String)>, ()> {
+fn reference_side(entries: &Entries, name: &str) -> Result<Levels, ()> {
     let Some(raw) = entries.once_raw(name)? else { return Ok(Vec::new()) };
     if raw.get() == "null" {
         return Ok(Vec::new());
@@ -151,8 +154,7 @@ fn check_parse(frame: &str, parsed: &Result<book::BookFields<'_>, String>) {
     match (parsed, want) {
         (Ok(got), Ok((bids, asks, te, tc))) => {
             for (levels, want) in [(&got.bids, bids), (&got.asks, asks)] {
-                let got: Vec<(String, String)> =
-                    levels.iter().map(|l| (l.price.to_string(), l.size.to_string())).collect();
+                let got: Levels = levels.iter().map(|l| (l.price.to_string(), l.size.to_string())).collect();
                 assert_eq!(got, want, "{frame:?}");
             }
             let text = |raw: Option<&str>| raw.map(|r| serde_json::from_str::<String>(r).expect("a JSON string"));
@@ -180,7 +182,7 @@ fuzz_target!(|data: &[u8]| {
         let got = l2.apply(snapshot, &fields.bids, &fields.asks, DEPTH, MAX_LEVELS).map(|_| ());
         let want = reference.apply(snapshot, &fields.bids, &fields.asks);
         assert_eq!(got, want, "{frame:?}");
-        let texts = |bids: bool| -> Vec<(String, String)> {
+        let texts = |bids: bool| -> Levels {
             let side = if bids { &l2.bids } else { &l2.asks };
             side.best_first(bids).map(|(_, l)| (l.price().to_string(), l.size().to_string())).collect()
         };

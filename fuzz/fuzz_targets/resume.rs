@@ -14,6 +14,9 @@ use coinfeed::wire::parse_timestamp_ns;
 use coinfeed_fuzz::{object, parts, string};
 use libfuzzer_sys::fuzz_target;
 
+/// A symbol's trade ids with their exchange times.
+type Ids = Vec<(String, i64)>;
+
 const CAP: usize = 4;
 const MAX_SYMBOLS: usize = 3;
 
@@ -48,7 +51,7 @@ fn read(line: &[u8]) -> Read {
 fuzz_target!(|data: &[u8]| {
     let mut scan = TailScan::new(CAP, MAX_SYMBOLS);
     let mut counts = ScanCounts::default();
-    let mut symbols: BTreeMap<String, (i64, Vec<(String, i64)>)> = BTreeMap::new();
+    let mut symbols: BTreeMap<String, (i64, Ids)> = BTreeMap::new();
     for line in parts(data, b'\n', 256) {
         // serde_json skips a string it does not read without checking its UTF-8 (`from_slice`),
         // which the reference, reading every value, cannot mirror: both are fed valid UTF-8.
@@ -84,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(scan.counts(), counts);
     assert_eq!(scan.len(), symbols.len());
     let got = scan.into_last_trades();
-    let want: Vec<(String, i64, Vec<(String, i64)>)> = symbols
+    let want: Vec<(String, i64, Ids)> = symbols
         .into_iter()
         .map(|(symbol, (last, mut ids))| {
             ids.retain(|&(_, t)| t >= last.saturating_sub(KEEP_NS));
